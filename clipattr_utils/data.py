@@ -1,0 +1,353 @@
+"""Image sets: the images whose class tokens `features.extract` caches.
+
+Every image set answers the same small protocol (`ImageSet`): its length, a stable sample id,
+an integer label (-1 when unlabeled), the decoded RGB image, and a fingerprint of everything
+that determines its images and labels, so the feature cache can tell two sets apart.
+
+Three on-disk layouts are built in, plus the rendered sandbox world
+(`clipattr_utils.sandbox`):
+
+- `ImageNetFolder`: ``root/<wnid>/*.JPEG``; the label is the position of the wnid among the
+  sorted 1000 ImageNet-1k wnids, names are open_clip's ImageNet class names.
+- `ISIC2019`: the ISIC 2019 ground-truth CSV (one-hot diagnosis columns) plus its image folder,
+  with a binary melanoma-vs-rest option.
+- `ImageFolder`: any folder of images, labels from an optional CSV (``filename,label``).
+
+Decoding failures (corrupt, truncated or non-image files) are not decided here: `load_image`
+raises, and the extractor skips and lists the file (or raises with ``strict=True``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grayscale, CMYK, palette (with or without transparency) and RGBA -> RGB.
+
+    Transparent pixels are composited on white so a palette/alpha icon does not come out black.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file fully (so truncation surfaces here, not later) and make it RGB."""
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+class ImageSet(Dataset):
+    """Protocol of every image set. Subclasses implement the five methods below.
+
+    Indexing (``image_set[i]``) returns ``(PIL.Image, label)``.
+    """
+
+    classnames: list[str] = []
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def sample_id(self, i: int) -> str:
+        """A stable id: the path relative to the set's root, or a rendered sample's name."""
+        raise NotImplementedError
+
+    def label(self, i: int) -> int:
+        """Class index, -1 when the set has no label for this sample."""
+        raise NotImplementedError
+
+    def load_image(self, i: int) -> Image.Image:
+        """The decoded RGB image; raises (OSError, ValueError, ...) when the file is unusable."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """JSON-able description stored in the feature cache's metadata."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """sha256 over the description, every sample id, its label and (for files) its size."""
+        h = hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode())
+        for i in range(len(self)):
+            h.update(f"{self.sample_id(i)}\t{self.label(i)}\t{self._content_token(i)}\n".encode())
+        return h.hexdigest()
+
+    def _content_token(self, i: int) -> str:
+        # Files: the byte size, cheap and enough to notice a replaced file without reading
+        # a million images; rendered sets override nothing (their recipe is in describe()).
+        return ""
+
+    def labels(self) -> list[int]:
+        return [self.label(i) for i in range(len(self))]
+
+    def __getitem__(self, i: int):
+        return self.load_image(i), self.label(i)
+
+
+class _FileImageSet(ImageSet):
+    """Shared by the on-disk layouts: a root, relative paths and labels."""
+
+    def __init__(self, root: Path, relpaths: Sequence[str], labels: Sequence[int], classnames: list[str]):
+        self.root = Path(root)
+        self.relpaths = list(relpaths)
+        self._labels = [int(v) for v in labels]
+        self.classnames = list(classnames)
+        if len(self.relpaths) == 0:
+            raise ValueError(f"{type(self).__name__}: no images found under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def sample_id(self, i: int) -> str:
+        return self.relpaths[i]
+
+    def label(self, i: int) -> int:
+        return self._labels[i]
+
+    def path(self, i: int) -> Path:
+        return self.root / self.relpaths[i]
+
+    def load_image(self, i: int) -> Image.Image:
+        return open_rgb(self.path(i))
+
+    def _content_token(self, i: int) -> str:
+        try:
+            return str(self.path(i).stat().st_size)
+        except OSError:
+            return "missing"
+
+
+def _require_dir(root: str | os.PathLike, what: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{what}: path does not exist: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{what}: not a folder: {root}")
+    return root
+
+
+def _list_files(folder: Path, extensions: tuple[str, ...] | None) -> list[Path]:
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    if extensions is not None:
+        files = [p for p in files if p.suffix.lower() in extensions]
+    return sorted(files)
+
+
+@lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k wnids in sorted order (class index = position), via timm."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    wnids = tuple(info.index_to_label_name(i) for i in range(info.num_classes()))
+    if list(wnids) != sorted(wnids) or len(wnids) != 1000:
+        raise RuntimeError("timm's ImageNet-1k synset list is not the sorted 1000 wnids")
+    return wnids
+
+
+@lru_cache(maxsize=1)
+def imagenet_classnames() -> tuple[str, ...]:
+    """open_clip's cleaned ImageNet-1k class names, index-aligned with `imagenet_wnids`."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    return tuple(IMAGENET_CLASSNAMES)
+
+
+class ImageNetFolder(_FileImageSet):
+    """``root/<wnid>/*.JPEG`` (train or val after the usual preparation).
+
+    Args:
+        root: the split folder holding one sub-folder per wnid.
+        classes: optional subset of class indices to keep (e.g. ``range(100)``).
+        max_per_class: keep at most this many images per class (first in sorted order).
+    """
+
+    def __init__(self, root: str | os.PathLike, classes: Sequence[int] | None = None,
+                 max_per_class: int | None = None):
+        root = _require_dir(root, "ImageNetFolder root")
+        wnid_index = {w: i for i, w in enumerate(imagenet_wnids())}
+        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        unknown = [p.name for p in folders if p.name not in wnid_index]
+        if unknown:
+            raise ValueError(
+                f"ImageNetFolder {root}: {len(unknown)} sub-folders are not ImageNet-1k wnids "
+                f"(e.g. {unknown[:3]}); expected root/<wnid>/*.JPEG"
+            )
+        keep = None if classes is None else {int(c) for c in classes}
+        relpaths, labels = [], []
+        for folder in folders:
+            label = wnid_index[folder.name]
+            if keep is not None and label not in keep:
+                continue
+            files = _list_files(folder, IMAGE_EXTENSIONS)
+            if max_per_class is not None:
+                files = files[:max_per_class]
+            relpaths += [str(f.relative_to(root).as_posix()) for f in files]
+            labels += [label] * len(files)
+        self.max_per_class = max_per_class
+        self.class_subset = None if keep is None else sorted(keep)
+        super().__init__(root, relpaths, labels, list(imagenet_classnames()))
+
+    def describe(self) -> dict:
+        return {"kind": "imagenet-folder", "root_name": self.root.name, "n": len(self),
+                "classes": self.class_subset, "max_per_class": self.max_per_class}
+
+
+ISIC2019_DIAGNOSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+
+
+class ISIC2019(_FileImageSet):
+    """ISIC 2019: ground-truth CSV (``image`` + one-hot diagnosis columns) and an image folder.
+
+    Args:
+        csv_path: e.g. ``ISIC_2019_Training_GroundTruth.csv``.
+        image_dir: folder with ``<image>.jpg``.
+        binary_melanoma: labels 1 = melanoma (MEL), 0 = anything else; classnames
+            ``["non-melanoma", "melanoma"]``. Otherwise the label is the diagnosis column index.
+    """
+
+    def __init__(self, csv_path: str | os.PathLike, image_dir: str | os.PathLike,
+                 binary_melanoma: bool = True, extension: str = ".jpg"):
+        csv_path = Path(csv_path)
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"ISIC2019: ground-truth CSV not found: {csv_path}")
+        image_dir = _require_dir(image_dir, "ISIC2019 image_dir")
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            if "image" not in header:
+                raise ValueError(f"ISIC2019 {csv_path}: no 'image' column (columns: {header})")
+            diagnoses = [c for c in header if c != "image"]
+            if not diagnoses:
+                raise ValueError(f"ISIC2019 {csv_path}: no diagnosis columns after 'image'")
+            if binary_melanoma and "MEL" not in diagnoses:
+                raise ValueError(f"ISIC2019 {csv_path}: binary_melanoma needs a 'MEL' column (columns: {header})")
+            rows = list(reader)
+        relpaths, labels = [], []
+        for line, row in enumerate(rows, start=2):
+            onehot = [float(row[c]) for c in diagnoses]
+            if sum(v > 0.5 for v in onehot) != 1:
+                raise ValueError(f"ISIC2019 {csv_path}, line {line} ({row['image']}): diagnosis columns are not one-hot")
+            label = onehot.index(max(onehot))
+            relpaths.append(row["image"] + extension)
+            labels.append(int(diagnoses[label] == "MEL") if binary_melanoma else label)
+        missing = [p for p in relpaths if not (image_dir / p).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"ISIC2019 {csv_path}: {len(missing)} images named in the CSV are not in {image_dir} "
+                f"(e.g. {missing[:3]})"
+            )
+        self.binary_melanoma = binary_melanoma
+        self.csv_name = csv_path.name
+        classnames = ["non-melanoma", "melanoma"] if binary_melanoma else diagnoses
+        super().__init__(image_dir, relpaths, labels, classnames)
+
+    def describe(self) -> dict:
+        return {"kind": "isic2019", "csv": self.csv_name, "n": len(self), "binary_melanoma": self.binary_melanoma}
+
+
+class ImageFolder(_FileImageSet):
+    """Any folder of images (searched recursively), with an optional labels CSV.
+
+    The CSV has a header with ``filename`` (path relative to ``root``) and ``label`` columns;
+    labels may be integers or names (names are indexed in sorted order). With a CSV, exactly
+    the files it names are used; without one, every image file under ``root``, label -1.
+    """
+
+    def __init__(self, root: str | os.PathLike, labels_csv: str | os.PathLike | None = None,
+                 classnames: Sequence[str] | None = None):
+        root = _require_dir(root, "ImageFolder root")
+        if labels_csv is None:
+            files = _list_files(root, IMAGE_EXTENSIONS)
+            if not files:
+                raise ValueError(f"ImageFolder: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+            relpaths = [f.relative_to(root).as_posix() for f in files]
+            labels = [-1] * len(relpaths)
+            names = list(classnames or [])
+        else:
+            relpaths, labels, names = self._read_labels(root, Path(labels_csv), classnames)
+        self.labels_csv_name = None if labels_csv is None else Path(labels_csv).name
+        super().__init__(root, relpaths, labels, names)
+
+    @staticmethod
+    def _read_labels(root: Path, labels_csv: Path, classnames):
+        if not labels_csv.is_file():
+            raise FileNotFoundError(f"ImageFolder: labels CSV not found: {labels_csv}")
+        with open(labels_csv, newline="") as f:
+            reader = csv.DictReader(f)
+            if not {"filename", "label"} <= set(reader.fieldnames or []):
+                raise ValueError(f"ImageFolder {labels_csv}: needs 'filename' and 'label' columns, has {reader.fieldnames}")
+            rows = [(r["filename"], r["label"].strip()) for r in reader]
+        if not rows:
+            raise ValueError(f"ImageFolder {labels_csv}: no rows")
+        missing = [name for name, _ in rows if not (root / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"ImageFolder {labels_csv}: {len(missing)} files named in the CSV are not under {root} (e.g. {missing[:3]})"
+            )
+        raw = [v for _, v in rows]
+        if all(v.lstrip("-").isdigit() for v in raw):
+            labels = [int(v) for v in raw]
+            names = list(classnames or [])
+        else:
+            names = list(classnames) if classnames else sorted(set(raw))
+            unknown = sorted(set(raw) - set(names))
+            if unknown:
+                raise ValueError(f"ImageFolder {labels_csv}: labels {unknown[:5]} are not in classnames")
+            labels = [names.index(v) for v in raw]
+        return [name for name, _ in rows], labels, names
+
+    def describe(self) -> dict:
+        return {"kind": "image-folder", "root_name": self.root.name, "n": len(self), "labels_csv": self.labels_csv_name}
+
+
+class TensorImageSet(ImageSet):
+    """Images already in memory (PIL images or HxWx3 uint8 arrays) — for tests and benchmarks."""
+
+    def __init__(self, images: Sequence, labels: Sequence[int] | None = None, name: str = "in-memory",
+                 classnames: Sequence[str] = ()):
+        import numpy as np
+
+        self.images = [img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
+                       for img in images]
+        self._labels = [-1] * len(self.images) if labels is None else [int(v) for v in labels]
+        if len(self._labels) != len(self.images):
+            raise ValueError(f"TensorImageSet: {len(self.images)} images but {len(self._labels)} labels")
+        self.name = name
+        self.classnames = list(classnames)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample_id(self, i: int) -> str:
+        return f"{self.name}/{i:06d}"
+
+    def label(self, i: int) -> int:
+        return self._labels[i]
+
+    def load_image(self, i: int) -> Image.Image:
+        return to_rgb(self.images[i])
+
+    def describe(self) -> dict:
+        return {"kind": "in-memory", "name": self.name, "n": len(self)}
+
+    def _content_token(self, i: int) -> str:
+        return hashlib.sha256(self.images[i].tobytes()).hexdigest()[:16]

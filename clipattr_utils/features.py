@@ -1,0 +1,348 @@
+"""The feature cache: CLIP's class token after a block, before ``ln_post``, once per image set.
+
+This is the only place the backbone runs (DESIGN.md, "features first"). Everything after it
+— SAE training, labeling, attribution, faithfulness — reads these cached tensors.
+
+On disk a cache is a folder ``<cache_dir>/<model>-L<layer>-<set>-<key>/`` holding
+
+- ``features.npy``: (N, d_pre) float32, a numpy ``.npy`` read through a memmap (streamable);
+- ``labels.npy``: (N,) int64, -1 where unlabeled; ``ids.json``: the N sample ids;
+- ``meta.json``: the full key (model + weights hash, layer, preprocessing, image-set
+  fingerprint, precision), the skipped files and ``"complete": true``.
+
+Extraction writes into ``<name>.partial/`` and renames it when done, so a cache folder without
+``.partial`` is always complete. Progress is committed per batch (rows flushed first, then an
+atomically replaced ``progress.json``), so a killed run resumes where it stopped and produces
+exactly the rows an uninterrupted run would: batch boundaries are fixed by the stored batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .data import ImageSet
+
+FORMAT_VERSION = 1
+# Errors that mean "this file is not a usable image" — anything else is a bug and propagates.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
+
+
+class SkippedImagesWarning(UserWarning):
+    """Some images could not be decoded and were left out of the cache."""
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    """A complete, read-only feature cache (see module docstring for the layout)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if self.path.name.endswith(".partial"):
+            raise ValueError(f"{self.path} is an unfinished extraction; rerun features.extract to complete it")
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"Not a feature cache (no meta.json): {self.path}")
+        self.meta: dict = json.loads(meta_path.read_text())
+        if not self.meta.get("complete"):
+            raise ValueError(f"Feature cache {self.path} is not marked complete")
+        self._x = np.load(self.path / "features.npy", mmap_mode="r")
+        self.labels: np.ndarray = np.load(self.path / "labels.npy")
+        self.ids: list[str] = json.loads((self.path / "ids.json").read_text())
+        if not (len(self._x) == len(self.labels) == len(self.ids) == self.meta["n"]):
+            raise ValueError(
+                f"Feature cache {self.path} is inconsistent: features {self._x.shape}, labels {self.labels.shape}, "
+                f"ids {len(self.ids)}, meta n={self.meta['n']}"
+            )
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "FeatureCache":
+        return cls(path)
+
+    @property
+    def n(self) -> int:
+        return int(self._x.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self._x.shape[1])
+
+    @property
+    def key(self) -> str:
+        return self.meta["key"]
+
+    @property
+    def classnames(self) -> list[str]:
+        return list(self.meta.get("classnames", []))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return f"FeatureCache(n={self.n}, d={self.d}, path={str(self.path)!r})"
+
+    def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) as a float32 tensor (a copy; the memmap stays untouched)."""
+        return torch.from_numpy(np.array(self._x[start:stop], dtype=np.float32))
+
+    def take(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Rows at arbitrary indices, in the given order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        rows = np.empty((len(idx), self.d), dtype=np.float32)
+        rows[order] = self._x[idx[order]]  # sorted reads are sequential on disk
+        return torch.from_numpy(rows)
+
+    def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, self.n, chunk_rows):
+            yield start, self.read(start, min(start + chunk_rows, self.n))
+
+    def numpy(self) -> np.memmap:
+        """The read-only memmap itself, for code that wants numpy slicing."""
+        return self._x
+
+
+def write_cache(path: str | os.PathLike, x: torch.Tensor | np.ndarray, labels: Sequence[int] | None = None,
+                ids: Sequence[str] | None = None, meta: dict | None = None) -> FeatureCache:
+    """Store in-memory features as a cache folder (atomically); returns it opened.
+
+    For features that did not come from `extract` (synthetic data, tests, augmented sets).
+    Refuses to overwrite an existing folder.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"write_cache: {path} already exists")
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"write_cache: features must be (N, d), got shape {x.shape}")
+    n = len(x)
+    labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    ids = [f"{i:08d}" for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(labels) != n or len(ids) != n:
+        raise ValueError(f"write_cache: {n} feature rows but {len(labels)} labels and {len(ids)} ids")
+    body = dict(meta or {})
+    key = body.pop("key", None) or hashlib.sha256(x.tobytes()).hexdigest()[:16]
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "features.npy", x)
+    np.save(tmp / "labels.npy", labels)
+    (tmp / "ids.json").write_text(json.dumps(ids))
+    _write_json_atomic(tmp / "meta.json", {**body, "key": key, "n": n, "d": int(x.shape[1]),
+                                           "format": FORMAT_VERSION, "skipped": body.get("skipped", []),
+                                           "complete": True})
+    os.replace(tmp, path)
+    return FeatureCache(path)
+
+
+# --------------------------------------------------------------------------------------------
+# extraction
+
+
+def cache_key(clip, image_set: ImageSet, layer: int, precision: str) -> dict:
+    """Everything that determines the cached rows. Two runs share a cache only if all match."""
+    return {
+        "format": FORMAT_VERSION,
+        "model": clip.identity,
+        "layer": int(layer),
+        "preprocess": repr(clip.preprocess),
+        "image_set": {"describe": image_set.describe(), "fingerprint": image_set.fingerprint()},
+        "precision": precision,
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "x"
+
+
+class _Decoded(Dataset):
+    """(index, preprocessed tensor | None, error | None) per image; decoding runs in workers."""
+
+    def __init__(self, image_set: ImageSet, preprocess, start: int):
+        self.image_set, self.preprocess, self.start = image_set, preprocess, start
+
+    def __len__(self) -> int:
+        return len(self.image_set) - self.start
+
+    def __getitem__(self, j: int):
+        i = self.start + j
+        try:
+            image = self.image_set.load_image(i)
+        except DECODE_ERRORS as err:
+            return i, None, f"{type(err).__name__}: {err}"
+        return i, self.preprocess(image), None
+
+
+def _collate(items):
+    ok = [(i, t) for i, t, e in items if e is None]
+    bad = [(i, e) for i, _, e in items if e is not None]
+    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    images = torch.stack([t for _, t in ok]) if ok else None
+    return idx, images, bad
+
+
+@contextlib.contextmanager
+def class_token_hook(model: torch.nn.Module, layer: int = -1):
+    """Capture the class token after block ``layer`` during ``model.encode_image``.
+
+    Yields a dict whose ``"x"`` holds the (N, width) class tokens of the last call.
+    """
+    visual = getattr(model, "visual", model)
+    blocks = visual.transformer.resblocks
+    if not -len(blocks) <= layer < len(blocks):
+        raise ValueError(f"layer={layer} out of range for a tower with {len(blocks)} blocks")
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        tokens = output[0] if isinstance(output, tuple) else output
+        store["x"] = tokens[:, 0] if batch_first else tokens[0]
+
+    handle = blocks[layer].register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def _default_workers(device: torch.device) -> int:
+    cpus = os.cpu_count() or 1
+    return min(8, cpus) if device.type == "cuda" else max(0, min(4, cpus - 1))
+
+
+def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike, batch_size: int = 64, layer: int = -1,
+            num_workers: int | None = None, strict: bool = False, progress: bool = True,
+            autocast: bool | None = None) -> FeatureCache:
+    """Class tokens (pre-``ln_post``) after block ``layer`` for every image; cached and resumable.
+
+    Args:
+        clip: a `models.LoadedCLIP`.
+        image_set: any `data.ImageSet`.
+        cache_dir: folder holding caches; the subfolder name carries a hash of the full key.
+        batch_size: images per forward pass (fixed for a cache: a resumed run keeps the first).
+        layer: transformer block whose output is cached (-1: the last, the paper's setting).
+        num_workers: DataLoader decoding workers (default: cores - 1 on CPU, up to 8 on GPU).
+        strict: raise on the first undecodable image instead of skipping and listing it.
+        autocast: mixed precision on CUDA (default True there; part of the key).
+    Returns:
+        the `FeatureCache` (existing one when the key matches exactly).
+    """
+    device = clip.device
+    use_amp = (device.type == "cuda") if autocast is None else bool(autocast and device.type == "cuda")
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    precision = f"amp-{str(amp_dtype).split('.')[-1]}" if use_amp else "fp32"
+    n = len(image_set)
+    if n == 0:
+        raise ValueError(f"extract: image set {image_set.describe()} is empty")
+    key_dict = cache_key(clip, image_set, layer, precision)
+    key = hashlib.sha256(json.dumps(key_dict, sort_keys=True).encode()).hexdigest()[:20]
+    name = f"{_slug(clip.name)}-L{layer}-{_slug(image_set.describe().get('kind', 'images'))}-{key}"
+    cache_dir = Path(cache_dir)
+    final, work = cache_dir / name, cache_dir / (name + ".partial")
+
+    if final.exists():
+        cache = FeatureCache(final)
+        if cache.meta.get("key_full") != json.loads(json.dumps(key_dict)):
+            raise RuntimeError(f"Feature cache {final} has the same key hash but a different key; remove it")
+        return cache
+
+    work.mkdir(parents=True, exist_ok=True)
+    progress_path = work / "progress.json"
+    d = clip.model.visual.transformer.width
+    if progress_path.is_file():
+        state = json.loads(progress_path.read_text())
+        if state["key_full"] != json.loads(json.dumps(key_dict)):
+            raise RuntimeError(f"{work} belongs to another extraction key; remove it")
+        if state["batch_size"] != batch_size:
+            warnings.warn(f"Resuming {work.name} with its original batch_size={state['batch_size']} "
+                          f"(asked {batch_size}) so rows match an uninterrupted run")
+            batch_size = state["batch_size"]
+        features = np.load(work / "features.npy", mmap_mode="r+")
+    else:
+        features = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        state = {"key_full": key_dict, "batch_size": batch_size, "next_row": 0, "skipped": []}
+        _write_json_atomic(progress_path, state)
+
+    start = state["next_row"]
+    if num_workers is None:
+        num_workers = _default_workers(device)
+    loader = DataLoader(_Decoded(image_set, clip.preprocess, start), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, initial=start, unit="img", desc=f"features {clip.name} L{layer}", disable=not progress,
+               smoothing=0.1)
+    model = clip.model.eval()
+    with class_token_hook(model, layer) as captured, torch.no_grad():
+        for batch_no, (idx, images, bad) in enumerate(loader):
+            if bad:
+                if strict:
+                    i, err = bad[0]
+                    raise ValueError(f"extract(strict=True): cannot decode {image_set.sample_id(i)}: {err}")
+                state["skipped"] += [{"index": int(i), "id": image_set.sample_id(i), "error": e} for i, e in bad]
+            if images is not None:
+                with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
+                    model.encode_image(images.to(device, non_blocking=True))
+                features[idx.numpy()] = captured["x"].float().cpu().numpy()
+            stop = min(start + (batch_no + 1) * batch_size, n)
+            features.flush()  # rows reach the file before progress says they exist
+            state["next_row"] = stop
+            _write_json_atomic(progress_path, state)
+            bar.update(stop - bar.n)
+    bar.close()
+    del features
+    return _finalize(work, final, image_set, key, key_dict, state, clip, layer)
+
+
+def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: dict, state: dict, clip,
+              layer: int) -> FeatureCache:
+    n = len(image_set)
+    skipped = sorted({s["index"] for s in state["skipped"]})
+    keep = np.setdiff1d(np.arange(n), np.asarray(skipped, dtype=np.int64))
+    if skipped:
+        # Compact once at the end so readers never see placeholder rows.
+        full = np.load(work / "features.npy", mmap_mode="r")
+        compact = np.lib.format.open_memmap(work / "features.compact.npy", mode="w+", dtype=np.float32,
+                                            shape=(len(keep), full.shape[1]))
+        for s in range(0, len(keep), 65536):
+            compact[s:s + 65536] = full[keep[s:s + 65536]]
+        compact.flush()
+        del compact, full
+        os.replace(work / "features.compact.npy", work / "features.npy")
+        warnings.warn(
+            f"{len(skipped)} of {n} images could not be decoded and were skipped "
+            f"(e.g. {state['skipped'][0]['id']}: {state['skipped'][0]['error']}); "
+            f"the list is in {final.name}/meta.json", SkippedImagesWarning, stacklevel=3)
+    np.save(work / "labels.npy", np.asarray([image_set.label(int(i)) for i in keep], dtype=np.int64))
+    (work / "ids.json").write_text(json.dumps([image_set.sample_id(int(i)) for i in keep]))
+    meta = {
+        "format": FORMAT_VERSION, "key": key, "key_full": key_dict, "n": int(len(keep)),
+        "d": int(clip.model.visual.transformer.width), "layer": layer, "model": clip.identity,
+        "image_set": image_set.describe(), "classnames": list(getattr(image_set, "classnames", [])),
+        "skipped": state["skipped"], "batch_size": state["batch_size"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True,
+    }
+    _write_json_atomic(work / "meta.json", meta)
+    (work / "progress.json").unlink()
+    os.replace(work, final)
+    return FeatureCache(final)
