@@ -14,12 +14,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import socket
+import threading
+import urllib.error
+import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -156,20 +157,32 @@ def _close_matches(word: str, options: Sequence[str], n: int = 5) -> str:
     return ", ".join(lowered[m] for m in matches) or "none"
 
 
-def _hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """One TCP connect to the hub host (DNS included) — seconds, not a minute of retries."""
+def _hub_reachable(repo_id: str, timeout: float | None = None) -> bool:
+    """One HTTP request to the hub (DNS included), bounded by ``timeout`` seconds overall.
+
+    Any HTTP answer, even an error status, means the hub is there; no answer means it is not.
+    A thread bounds the wait because DNS lookups ignore socket timeouts.
+    """
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    old = socket.getdefaulttimeout()
-    try:
-        socket.setdefaulttimeout(timeout)
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-    finally:
-        socket.setdefaulttimeout(old)
+    timeout = HUB_TIMEOUT_S if timeout is None else timeout
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models/{repo_id}", method="HEAD"),
+                                   timeout=timeout).close()
+            answer.append(True)
+        except urllib.error.HTTPError:
+            answer.append(True)
+        except Exception:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
 
 
 def _resolve_hub_checkpoint(name: str, tag: str, cfg: dict) -> str:
@@ -192,7 +205,7 @@ def _resolve_hub_checkpoint(name: str, tag: str, cfg: dict) -> str:
             return hf_hub_download(repo_id, candidate, local_files_only=True)
         except Exception:
             continue
-    if not _hub_reachable():
+    if not _hub_reachable(repo_id):
         raise HubUnreachableError(
             f"Cannot load {name} pretrained={tag!r}: the weights (hf-hub {repo_id}) are not in the local "
             "Hugging Face cache and the hub cannot be reached. Either connect to the internet, pre-download "

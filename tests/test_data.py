@@ -1,0 +1,111 @@
+"""Image sets: real ImageNet photos, ISIC 2019 layout, generic folders, colour modes, bad input."""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipattr_utils.data import ISIC2019, ImageFolder, ImageNetFolder, imagenet_wnids, to_rgb
+
+
+def test_imagenet_folder_on_real_photos(imagenet_sample):
+    images = ImageNetFolder(imagenet_sample)
+    assert len(images) == 105
+    wnids = sorted(p.name for p in imagenet_sample.iterdir())
+    assert len(imagenet_wnids()) == 1000 and list(imagenet_wnids()) == sorted(imagenet_wnids())
+    for i in range(len(images)):
+        wnid = images.sample_id(i).split("/")[0]
+        assert wnid in wnids
+        assert images.label(i) == list(imagenet_wnids()).index(wnid)
+    # Known anchors of the ImageNet-1k index: tench is class 0, goldfish 1.
+    by_wnid = {images.sample_id(i).split("/")[0]: images.label(i) for i in range(len(images))}
+    if "n01440764" in by_wnid:
+        assert by_wnid["n01440764"] == 0 and images.classnames[0] == "tench"
+    gray = [i for i in range(len(images)) if Image.open(images.path(i)).mode == "L"]
+    assert len(gray) >= 5, "the shared sample holds single-channel JPEGs"
+    for i in gray:
+        img = images.load_image(i)
+        assert img.mode == "RGB"
+        arr = np.asarray(img)
+        assert np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2])
+
+
+def test_imagenet_folder_subsets_and_errors(imagenet_sample, tmp_path):
+    first = ImageNetFolder(imagenet_sample, classes=range(100))
+    assert all(first.label(i) < 100 for i in range(len(first))) and 0 < len(first) < 105
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageNetFolder(tmp_path / "nope")
+    (tmp_path / "not_a_wnid").mkdir()
+    with pytest.raises(ValueError, match="not ImageNet-1k wnids"):
+        ImageNetFolder(tmp_path)
+
+
+def _jpeg(path, color=(200, 30, 30), size=(40, 30), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+
+
+def _isic(tmp_path, rows, header=("image", "MEL", "NV", "BCC")):
+    csv_path = tmp_path / "gt.csv"
+    with open(csv_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return csv_path
+
+
+def test_isic2019_binary_and_multiclass(tmp_path):
+    for name in ("ISIC_0000001", "ISIC_0000002", "ISIC_0000003"):
+        _jpeg(tmp_path / "img" / f"{name}.jpg")
+    csv_path = _isic(tmp_path, [("ISIC_0000001", 1.0, 0.0, 0.0), ("ISIC_0000002", 0.0, 1.0, 0.0),
+                                ("ISIC_0000003", 0.0, 0.0, 1.0)])
+    binary = ISIC2019(csv_path, tmp_path / "img")
+    assert binary.labels() == [1, 0, 0] and binary.classnames == ["non-melanoma", "melanoma"]
+    multi = ISIC2019(csv_path, tmp_path / "img", binary_melanoma=False)
+    assert multi.labels() == [0, 1, 2] and multi.classnames == ["MEL", "NV", "BCC"]
+    assert multi.load_image(0).size == (40, 30)
+
+
+def test_isic2019_bad_input(tmp_path):
+    _jpeg(tmp_path / "img" / "ISIC_1.jpg")
+    with pytest.raises(FileNotFoundError, match="1 images named in the CSV.*ISIC_2.jpg"):
+        ISIC2019(_isic(tmp_path, [("ISIC_1", 1, 0, 0), ("ISIC_2", 0, 1, 0)]), tmp_path / "img")
+    with pytest.raises(ValueError, match="line 2 .*not one-hot"):
+        ISIC2019(_isic(tmp_path, [("ISIC_1", 1, 1, 0)]), tmp_path / "img")
+    with pytest.raises(ValueError, match="'MEL'"):
+        ISIC2019(_isic(tmp_path, [("ISIC_1", 1, 0)], header=("image", "NV", "BCC")), tmp_path / "img")
+    with pytest.raises(FileNotFoundError, match="CSV not found"):
+        ISIC2019(tmp_path / "missing.csv", tmp_path / "img")
+
+
+def test_image_folder_with_and_without_csv(tmp_path):
+    _jpeg(tmp_path / "a" / "x.png")
+    _jpeg(tmp_path / "b" / "y.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    plain = ImageFolder(tmp_path)
+    assert [plain.sample_id(i) for i in range(len(plain))] == ["a/x.png", "b/y.jpg"]
+    assert plain.labels() == [-1, -1]
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("filename,label\nb/y.jpg,dog\na/x.png,cat\n")
+    labeled = ImageFolder(tmp_path, labels_csv=csv_path)
+    assert labeled.classnames == ["cat", "dog"] and labeled.labels() == [1, 0]
+    csv_path.write_text("filename,label\na/x.png,0\nc/z.jpg,1\n")
+    with pytest.raises(FileNotFoundError, match="c/z.jpg"):
+        ImageFolder(tmp_path, labels_csv=csv_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        ImageFolder(empty)
+
+
+@pytest.mark.parametrize("mode, color", [("L", 128), ("CMYK", (0, 255, 255, 0)), ("P", 3), ("RGBA", (10, 20, 30, 0)),
+                                         ("LA", (50, 255)), ("I;16", 300)])
+def test_to_rgb_handles_modes(mode, color):
+    img = Image.new(mode, (4, 4), color)
+    out = to_rgb(img)
+    assert out.mode == "RGB" and out.size == (4, 4)
+    if mode == "RGBA":  # fully transparent -> composited on white, not black
+        assert out.getpixel((0, 0)) == (255, 255, 255)
+    if mode == "CMYK":  # full magenta + yellow ink on white paper is red
+        assert out.getpixel((0, 0)) == (255, 0, 0)

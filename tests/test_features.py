@@ -1,0 +1,188 @@
+"""Feature cache: real photos, skipped files, keys, atomic finish, resume after interrupt and kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipattr_utils import features
+from clipattr_utils.data import ImageFolder, ImageNetFolder, TensorImageSet
+from clipattr_utils.features import FeatureCache, SkippedImagesWarning
+
+from _tiny import tiny_clip
+
+
+def _reference_tokens(clip, image_set, indices):
+    """Independent path: decode + preprocess by hand, run the blocks, take token 0."""
+    visual = clip.model.visual
+    images = torch.stack([clip.preprocess(image_set.load_image(i)) for i in indices])
+    with torch.no_grad():
+        x = visual.transformer(visual._embeds(images))
+    return x[:, 0]
+
+
+def test_extract_real_photos(clip_tiny, imagenet_sample, tmp_path):
+    images = ImageNetFolder(imagenet_sample)
+    cache = features.extract(clip_tiny, images, tmp_path, batch_size=16, num_workers=0, progress=False)
+    assert (cache.n, cache.d) == (105, 48)
+    assert cache.ids == [images.sample_id(i) for i in range(105)]
+    assert cache.labels.tolist() == images.labels()
+    assert cache.meta["skipped"] == [] and cache.meta["complete"] is True
+    ref = _reference_tokens(clip_tiny, images, [0, 50, 104])
+    torch.testing.assert_close(cache.take([0, 50, 104]), ref, atol=1e-5, rtol=1e-5)
+    # The head on cached tokens gives open_clip's own image embeddings.
+    batch = torch.stack([clip_tiny.preprocess(images.load_image(i)) for i in range(4)])
+    torch.testing.assert_close(clip_tiny.head(cache.read(0, 4)), clip_tiny.encode_image(batch), atol=1e-5, rtol=1e-5)
+    chunks = list(cache.iter_chunks(40))
+    assert [s for s, _ in chunks] == [0, 40, 80] and torch.equal(torch.cat([c for _, c in chunks]), cache.read())
+    assert torch.equal(cache.take([3, 1, 2]), cache.read()[[3, 1, 2]])
+
+
+def test_cache_reused_only_for_identical_key(clip_tiny, tmp_path):
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
+    images = TensorImageSet(pics, labels=[0, 1, 0, 1, 0, 1])
+    first = features.extract(clip_tiny, images, tmp_path, batch_size=4, num_workers=0, progress=False)
+    again = features.extract(clip_tiny, images, tmp_path, batch_size=4, num_workers=0, progress=False)
+    assert again.path == first.path
+    other_layer = features.extract(clip_tiny, images, tmp_path, batch_size=4, layer=0, num_workers=0, progress=False)
+    other_model = features.extract(tiny_clip(seed=1), images, tmp_path, batch_size=4, num_workers=0, progress=False)
+    changed = TensorImageSet(pics[:5] + [255 - pics[5]], labels=[0, 1, 0, 1, 0, 1])
+    other_data = features.extract(clip_tiny, changed, tmp_path, batch_size=4, num_workers=0, progress=False)
+    relabeled = TensorImageSet(pics, labels=[1, 1, 0, 1, 0, 1])
+    other_labels = features.extract(clip_tiny, relabeled, tmp_path, batch_size=4, num_workers=0, progress=False)
+    paths = {c.path for c in (first, other_layer, other_model, other_data, other_labels)}
+    assert len(paths) == 5
+    assert not torch.equal(first.read(), other_layer.read())
+    assert torch.equal(first.read(0, 5), other_data.read(0, 5)) and not torch.equal(first.read(5, 6), other_data.read(5, 6))
+
+
+def _folder_with_bad_files(root: Path) -> Path:
+    root.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40, 40), (40 * i, 100, 200)).save(root / f"good{i}.jpg", quality=95)
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(root / "full.jpg")
+    data = (root / "full.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "full.jpg").unlink()
+    (root / "text.png").write_text("this is not an image")
+    (root / "empty.jpg").write_bytes(b"")
+    return root
+
+
+def test_bad_files_are_skipped_and_listed(clip_tiny, tmp_path):
+    images = ImageFolder(_folder_with_bad_files(tmp_path / "imgs"))
+    assert len(images) == 8
+    with pytest.warns(SkippedImagesWarning, match="3 of 8 images"):
+        cache = features.extract(clip_tiny, images, tmp_path / "cache", batch_size=3, num_workers=0, progress=False)
+    assert cache.n == 5 and cache.ids == [f"good{i}.jpg" for i in range(5)]
+    assert sorted(s["id"] for s in cache.meta["skipped"]) == ["empty.jpg", "text.png", "truncated.jpg"]
+    good = [images.sample_id(i) for i in range(len(images))]
+    ref = _reference_tokens(clip_tiny, images, [good.index(f"good{i}.jpg") for i in range(5)])
+    torch.testing.assert_close(cache.read(), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="strict=True.*(empty|text|truncated)"):
+        features.extract(clip_tiny, images, tmp_path / "strict", batch_size=3, num_workers=0, strict=True,
+                         progress=False)
+
+
+class _InterruptAt(TensorImageSet):
+    """Raises KeyboardInterrupt (like Ctrl-C) when image ``at`` is decoded."""
+
+    at = None
+
+    def load_image(self, i):
+        if i == self.at:
+            raise KeyboardInterrupt(f"interrupted at image {i}")
+        return super().load_image(i)
+
+
+def test_resume_after_interrupt_equals_uninterrupted(clip_tiny, tmp_path):
+    rng = np.random.default_rng(1)
+    pics = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(37)]
+    whole = features.extract(clip_tiny, TensorImageSet(pics), tmp_path / "a", batch_size=8, num_workers=0,
+                             progress=False)
+    broken = _InterruptAt(pics)
+    broken.at = 21
+    with pytest.raises(KeyboardInterrupt):
+        features.extract(clip_tiny, broken, tmp_path / "b", batch_size=8, num_workers=0, progress=False)
+    partial = next((tmp_path / "b").iterdir())
+    assert partial.name.endswith(".partial")
+    assert json.loads((partial / "progress.json").read_text())["next_row"] == 16
+    with pytest.raises(ValueError, match="unfinished"):
+        FeatureCache(partial)
+    broken.at = None
+    with pytest.warns(UserWarning, match="original batch_size=8"):
+        resumed = features.extract(clip_tiny, broken, tmp_path / "b", batch_size=5, num_workers=0, progress=False)
+    assert not partial.exists() and resumed.meta["batch_size"] == 8
+    assert torch.equal(resumed.read(), whole.read())
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from _tiny import tiny_clip
+    from clipattr_utils import features
+    from clipattr_utils.data import TensorImageSet
+
+    class Slow(TensorImageSet):
+        def load_image(self, i):
+            time.sleep(float(sys.argv[2]))
+            return super().load_image(i)
+
+    rng = np.random.default_rng(2)
+    pics = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(48)]
+    features.extract(tiny_clip(), Slow(pics), sys.argv[1], batch_size=8, num_workers=0, progress=False)
+""")
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    script = tmp_path / "extract.py"
+    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.05"])
+    deadline = time.monotonic() + 120
+    progress = None
+    while time.monotonic() < deadline:
+        found = list(killed.glob("*.partial/progress.json")) if killed.exists() else []
+        if found and json.loads(found[0].read_text())["next_row"] >= 16:
+            progress = found[0]
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert progress is not None, "the extraction never got going"
+    assert all(p.name.endswith(".partial") for p in killed.iterdir()), "a killed run left a complete-looking cache"
+    done_before = json.loads(progress.read_text())["next_row"]
+    assert done_before < 48
+    subprocess.run([sys.executable, str(script), str(killed), "0"], check=True)
+    uninterrupted = tmp_path / "whole"
+    subprocess.run([sys.executable, str(script), str(uninterrupted), "0"], check=True)
+    resumed_cache = FeatureCache(next(killed.iterdir()))
+    whole_cache = FeatureCache(next(uninterrupted.iterdir()))
+    assert torch.equal(resumed_cache.read(), whole_cache.read())
+    assert resumed_cache.ids == whole_cache.ids
+
+
+def test_write_cache_roundtrip_and_errors(tmp_path):
+    x = torch.randn(10, 6)
+    cache = features.write_cache(tmp_path / "c", x, labels=range(10), meta={"note": "synthetic"})
+    assert torch.equal(cache.read(), x) and cache.labels.tolist() == list(range(10)) and cache.meta["note"] == "synthetic"
+    assert len(cache.key) == 16
+    with pytest.raises(FileExistsError):
+        features.write_cache(tmp_path / "c", x)
+    with pytest.raises(ValueError, match=r"\(N, d\)"):
+        features.write_cache(tmp_path / "d", torch.randn(3))
+    with pytest.raises(ValueError, match="10 feature rows but 3 labels"):
+        features.write_cache(tmp_path / "e", x, labels=[1, 2, 3])
+    with pytest.raises(FileNotFoundError, match="no meta.json"):
+        FeatureCache(tmp_path)
