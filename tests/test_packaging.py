@@ -18,10 +18,12 @@ def _name(spec: str) -> str:
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = {_name(s) for s in project["dependencies"] + project["optional-dependencies"]["dev"]}
-    conda = set()
+    conda, in_dependencies = set(), False
     for line in (REPO / "environment.yml").read_text().splitlines():
         item = line.strip()
-        if item.startswith("- ") and not item.endswith(":"):
+        if not line.startswith(" ") and item:
+            in_dependencies = item == "dependencies:"
+        elif in_dependencies and item.startswith("- ") and not item.endswith(":"):
             conda.add(_name(item[2:]))
     conda -= {"python", "pip"}
     assert declared == conda, f"only in pyproject: {declared - conda}; only in environment.yml: {conda - declared}"
