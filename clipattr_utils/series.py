@@ -35,8 +35,8 @@ def notebook_parameters(path: Path) -> set[str]:
 
 
 def run_series(preset: str = "sandbox", out: Path | None = None, only: list[str] | None = None,
-               cache_dir: Path | None = None) -> Path:
-    """Execute notebooks/NN_*.ipynb in order into ``out``; returns the run folder."""
+               cache_dir: Path | None = None, notebooks_dir: Path = NOTEBOOKS) -> Path:
+    """Execute ``notebooks_dir/NN_*.ipynb`` in order into ``out``; returns the run folder."""
     import papermill
 
     if preset not in PRESETS:
@@ -44,11 +44,11 @@ def run_series(preset: str = "sandbox", out: Path | None = None, only: list[str]
     out = Path(out) if out else REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir else REPO / ".cache"
-    notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if only:
         notebooks = [p for p in notebooks if p.name[:2] in only]
     if not notebooks:
-        raise FileNotFoundError(f"No notebooks NN_*.ipynb found in {NOTEBOOKS}")
+        raise FileNotFoundError(f"No notebooks NN_*.ipynb found in {notebooks_dir}")
     settings = PRESETS[preset]
     for path in notebooks:
         declared = notebook_parameters(path)
@@ -56,7 +56,7 @@ def run_series(preset: str = "sandbox", out: Path | None = None, only: list[str]
         params = {k: v for k, v in {**shared, **settings.get(path.name[:2], {})}.items() if k in declared}
         print(f"[series] {path.name} {params}", flush=True)
         papermill.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
-                                   cwd=str(NOTEBOOKS), progress_bar=False)
+                                   cwd=str(notebooks_dir), progress_bar=False)
     return out
 
 
