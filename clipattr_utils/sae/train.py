@@ -1,0 +1,442 @@
+"""Training a top-k SAE on cached features: the paper's recipe (App. A), sparse and resumable.
+
+Recipe (defaults of :class:`TrainConfig`):
+
+* loss: App. A Eq. 10 on the class token, L = mean_n || x_n/||x_n|| - x_hat_n/||x_hat_n|| ||^2
+  (``loss="normalized"``); plain MSE (``"mse"``) and MSE over the batch variance (``"fvu"``)
+  are options;
+* AuxK (Gao et al. 2024; on by default): the residual e = x - x_hat (held constant) is
+  reconstructed from the k_aux = d_in/2 largest pre-activations among *dead* latents (no
+  non-zero activation in the last ``dead_threshold`` training samples), e_hat = sum a_j v_j,
+  and L_aux = sum ||e - e_hat||^2 / sum ||e - mean(e)||^2 is added with coefficient 1/32;
+* AdamW, 30 epochs, each over a fresh random 10 % of the data, learning rate x0.1 after
+  epochs 24 and 28 (for another number of epochs the milestones scale: 0.8 and 14/15 of it);
+* after every optimiser step the decoder rows are renormalised (Eq. 9), and before it the
+  gradient component parallel to each row is removed;
+* b (``b_dec``) starts at the data mean, the encoder at a copy of the decoder transpose.
+
+The step is sparse-aware (see :mod:`.sparse`): only the encoder GEMM touches all d_sae latents.
+On CUDA that GEMM runs in bfloat16 (``autocast``), everything else in float32.
+
+Resuming: with ``checkpoint_dir``, the full state (weights, AdamW moments, dead-latent
+counters, epoch, history) is written after every epoch as ``state.safetensors`` +
+``state.json``. Each epoch's sample is drawn from a generator seeded by (seed, epoch), so a
+resumed run replays exactly the batches an uninterrupted one would and ends bit-identical
+on the same device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from .io import save_tensors_atomic, write_json_atomic
+from .metrics import SAEMetrics, evaluate
+from .model import TopKSAE
+from .source import FeatureSource, prefetch
+from .sparse import decode as sparse_decode
+
+LOSSES = ("normalized", "eq10", "mse", "fvu")
+STEP_COLUMNS = ("epoch", "step", "lr", "loss", "aux_loss", "fvu", "l0", "dead_frac")
+STATE_WEIGHTS, STATE_JSON = "state.safetensors", "state.json"
+STATE_VERSION = 1
+_PARAMS = ("W_enc", "W_dec", "b_enc", "b_dec")
+
+
+@dataclass
+class TrainConfig:
+    """How to train a top-k SAE. Defaults: the paper's recipe (App. A) at a width for ImageNet.
+
+    Use :meth:`paper_imagenet` / :meth:`paper_isic` for the paper's exact numbers including
+    its learning rates; the sandbox notebook sets a smaller ``d_sae`` / ``k``.
+    """
+
+    d_sae: int = 30000
+    """Number of latents (paper: 30,000)."""
+    k: int = 64
+    """Active latents per sample (paper: 64)."""
+    relu: bool = True
+    """ReLU before top-k; False keeps the authors' raw top-k values (see model docstring)."""
+    loss: str = "normalized"
+    """"normalized" (App. A Eq. 10), "mse" (mean of ||x - x_hat||^2) or "fvu" (MSE / batch variance)."""
+    lr: float = 1e-4
+    """AdamW learning rate. The paper reports 1e-6 (ImageNet) and 5e-5 (ISIC) with an unstated
+    batch size; 1e-4 reaches a converged SAE within the 30 x 10 % schedule at batch 4096."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (torch's default; the paper does not state one)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    epochs: int = 30
+    """Epochs (paper: 30)."""
+    epoch_fraction: float = 0.1
+    """Fraction of the data drawn at random (without replacement) for each epoch (paper: 0.1)."""
+    lr_decay_epochs: tuple[int, ...] | None = None
+    """Epoch counts after which the lr is multiplied by ``lr_decay_factor``; None: (24, 28)
+    for 30 epochs, scaled proportionally (round(0.8 E), round(14/15 E)) otherwise."""
+    lr_decay_factor: float = 0.1
+    batch_size: int = 4096
+    auxk: bool = True
+    """Add the AuxK dead-latent loss."""
+    auxk_coef: float = 1 / 32
+    k_aux: int | None = None
+    """Size of the AuxK code; None: d_in // 2."""
+    dead_threshold: int | None = None
+    """A latent is dead once it has not fired in this many training samples; None: the
+    number of samples in one epoch."""
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (CUDA when available), "cpu", "cuda", "cuda:1", ..."""
+    autocast: bool = True
+    """Encoder GEMM in bfloat16 on CUDA (ignored on CPU)."""
+    val_every: int = 1
+    """Evaluate on ``val_features`` every this many epochs (0: only at the end)."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        if self.lr_decay_epochs is not None:
+            self.lr_decay_epochs = tuple(int(e) for e in self.lr_decay_epochs)
+        checks = [
+            (self.d_sae > 0, f"d_sae must be positive, got {self.d_sae}"),
+            (0 < self.k <= self.d_sae, f"k must be in 1..d_sae={self.d_sae}, got {self.k}"),
+            (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.epochs > 0, f"epochs must be positive, got {self.epochs}"),
+            (0 < self.epoch_fraction <= 1, f"epoch_fraction must be in (0, 1], got {self.epoch_fraction}"),
+            (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
+            (0 < self.lr_decay_factor <= 1, f"lr_decay_factor must be in (0, 1], got {self.lr_decay_factor}"),
+            (self.k_aux is None or self.k_aux > 0, f"k_aux must be positive, got {self.k_aux}"),
+            (self.dead_threshold is None or self.dead_threshold > 0,
+             f"dead_threshold must be positive, got {self.dead_threshold}"),
+            (self.auxk_coef >= 0, f"auxk_coef must be >= 0, got {self.auxk_coef}"),
+            (self.val_every >= 0, f"val_every must be >= 0, got {self.val_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+        if self.lr_decay_epochs is not None and any(not 0 < e < self.epochs for e in self.lr_decay_epochs):
+            raise ValueError(f"TrainConfig: lr_decay_epochs {self.lr_decay_epochs} must lie in 1..epochs-1={self.epochs - 1}")
+
+    @classmethod
+    def paper_imagenet(cls, **overrides: Any) -> "TrainConfig":
+        """App. A, ImageNet SAEs: 30,000 latents, k=64, lr 1e-6, 30 epochs, decay after 24 and 28."""
+        return cls(**{**dict(d_sae=30000, k=64, lr=1e-6, epochs=30, lr_decay_epochs=(24, 28)), **overrides})
+
+    @classmethod
+    def paper_isic(cls, **overrides: Any) -> "TrainConfig":
+        """App. A, medical SAE: lr 5e-5, 25 epochs, decay after 17 and 23."""
+        return cls(**{**dict(d_sae=30000, k=64, lr=5e-5, epochs=25, lr_decay_epochs=(17, 23)), **overrides})
+
+    def milestones(self) -> tuple[int, ...]:
+        if self.lr_decay_epochs is not None:
+            return self.lr_decay_epochs
+        raw = (round(0.8 * self.epochs), round(self.epochs * 14 / 15))
+        return tuple(sorted({m for m in raw if 0 < m < self.epochs}))
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of 0-based ``epoch``: x factor for every milestone already passed."""
+        return self.lr * self.lr_decay_factor ** sum(epoch >= m for m in self.milestones())
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"TrainConfig.from_dict: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns."""
+
+    sae: TopKSAE
+    """The trained SAE (``sae.meta`` holds the data identity and the config)."""
+    steps: pd.DataFrame
+    """One row per optimiser step: epoch, step, lr, loss (the reconstruction loss ``cfg.loss``),
+    aux_loss (L_aux before its coefficient; 0 when no latent is dead), fvu (of the batch, vs
+    its mean), l0, dead_frac (by the training-time ``dead_threshold`` counter)."""
+    epochs: pd.DataFrame
+    """One row per epoch: means of the step columns, dead_frac at the epoch end, seconds,
+    and val_* columns (SAEMetrics on ``val_features``) where evaluated."""
+    metrics: SAEMetrics | None
+    """Final metrics on ``val_features`` (None when none were given)."""
+    config: TrainConfig
+
+
+# ---------------------------------------------------------------------------------- losses
+
+
+def main_loss(x: torch.Tensor, x_hat: torch.Tensor, kind: str) -> torch.Tensor:
+    """The reconstruction loss of one batch (see module docstring)."""
+    tiny = torch.finfo(x_hat.dtype).tiny
+    if kind == "eq10":
+        u = x / x.norm(dim=1, keepdim=True).clamp_min(tiny)
+        u_hat = x_hat / x_hat.norm(dim=1, keepdim=True).clamp_min(tiny)
+        return (u - u_hat).pow(2).sum(1).mean()  # App. A Eq. 10 read literally (class-token term)
+    err = (x - x_hat).pow(2).sum(1)
+    if kind == "normalized":
+        # || x/||x|| - x_hat/||x|| ||^2: Eq. 10 with both sides divided by ||x||
+        return (err / x.pow(2).sum(1).clamp_min(tiny)).mean()
+    if kind == "mse":
+        return err.mean()
+    if kind == "fvu":
+        return err.sum() / (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+    raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
+def auxk_loss(residual: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
+    """L_aux = sum ||e - e_hat||^2 / sum ||e - mean(e)||^2 (Gao et al. 2024, AuxK)."""
+    denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
+    return (residual - e_hat).pow(2).sum() / denom
+
+
+# ---------------------------------------------------------------------------------- state
+
+
+class _State:
+    """Everything a resumed run needs besides the data and the config."""
+
+    def __init__(self, sae: TopKSAE, opt: torch.optim.Optimizer, since_fired: torch.Tensor):
+        self.sae, self.opt, self.since_fired = sae, opt, since_fired
+        self.epoch = 0  # epochs completed
+        self.step = 0
+        self.steps: list[dict] = []
+        self.epochs: list[dict] = []
+
+    def save(self, directory: Path, cfg: TrainConfig, data_id: dict) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {name: getattr(self.sae, name) for name in _PARAMS}
+        for name in _PARAMS:
+            for key, value in self.opt.state.get(getattr(self.sae, name), {}).items():
+                tensors[f"optim.{name}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors["since_fired"] = self.since_fired
+        marker = f"{self.epoch}:{self.step}"
+        # Weights first, then the JSON that names them: a crash between the two leaves the
+        # JSON of the previous epoch, which the marker check then refuses to pair.
+        save_tensors_atomic(directory / STATE_WEIGHTS, tensors, metadata={"marker": marker})
+        write_json_atomic(directory / STATE_JSON, {
+            "version": STATE_VERSION, "marker": marker, "epoch": self.epoch, "step": self.step,
+            "config": cfg.to_dict(), "data": data_id, "sae": self.sae.config(),
+            "steps": self.steps, "epochs": self.epochs,
+        })
+
+    def load(self, directory: Path, cfg: TrainConfig, data_id: dict) -> None:
+        info = json.loads((directory / STATE_JSON).read_text())
+        if info.get("version") != STATE_VERSION:
+            raise ValueError(f"{directory / STATE_JSON}: state version {info.get('version')} != {STATE_VERSION}")
+        saved_cfg = info["config"]
+        diff = {k: (saved_cfg.get(k), v) for k, v in cfg.to_dict().items() if saved_cfg.get(k) != v}
+        if diff:
+            raise ValueError(f"resume: the checkpoint in {directory} was made with another TrainConfig; "
+                             f"differing fields (checkpoint, now): {diff}")
+        if info["data"] != data_id:
+            raise ValueError(f"resume: the checkpoint in {directory} was trained on other features: "
+                             f"{info['data']} vs now {data_id}")
+        from safetensors import safe_open
+
+        with safe_open(str(directory / STATE_WEIGHTS), "pt") as f:
+            marker = (f.metadata() or {}).get("marker")
+        if marker != info["marker"]:
+            raise ValueError(f"resume: {directory} holds {STATE_WEIGHTS} (marker {marker}) and {STATE_JSON} "
+                             f"(marker {info['marker']}) from different moments; remove the folder to restart")
+        tensors = load_file(str(directory / STATE_WEIGHTS), device="cpu")
+        with torch.no_grad():
+            for name in _PARAMS:
+                param = getattr(self.sae, name)
+                if tuple(tensors[name].shape) != tuple(param.shape):
+                    raise ValueError(f"resume: checkpoint {name} has shape {tuple(tensors[name].shape)}, "
+                                     f"the model here {tuple(param.shape)}")
+                param.copy_(tensors[name])
+                state = {}
+                for key in ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    value = tensors.get(f"optim.{name}.{key}")
+                    if value is None:
+                        continue
+                    # empty_like keeps the parameter's layout (W_enc is latent-major)
+                    like = torch.empty_like(param) if value.shape == param.shape else torch.empty_like(value, device=param.device)
+                    state[key] = like.copy_(value)
+                if state:
+                    self.opt.state[param] = state
+        self.since_fired.copy_(tensors["since_fired"])
+        self.epoch, self.step = int(info["epoch"]), int(info["step"])
+        self.steps, self.epochs = list(info["steps"]), list(info["epochs"])
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={cfg.device!r} but CUDA is not available")
+    return dev
+
+
+def _make_optimizer(sae: TopKSAE, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    params = [getattr(sae, name) for name in _PARAMS]
+    kwargs = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    try:  # the fused kernel is one pass over each tensor; fall back where it is missing
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, foreach=device.type == "cuda", **kwargs)
+
+
+def epoch_indices(n: int, cfg: TrainConfig, epoch: int) -> torch.Tensor:
+    """The rows of 0-based ``epoch``, in training order: a seeded random ``epoch_fraction`` of n."""
+    g = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + int(epoch))
+    n_epoch = max(1, int(round(cfg.epoch_fraction * n)))
+    return torch.randperm(n, generator=g)[:n_epoch]
+
+
+def train(features: Any, cfg: TrainConfig | None = None, *, val_features: Any = None,
+          checkpoint_dir: str | os.PathLike | None = None, resume: bool = True,
+          stop_after_epoch: int | None = None, progress: bool = True,
+          num_threads: int | None = None) -> TrainResult:
+    """Train a top-k SAE on ``features`` with the recipe in ``cfg`` (module docstring).
+
+    Args:
+        features: (N, d_in) tensor or a `FeatureCache` (batches are read from disk).
+        cfg: the :class:`TrainConfig` (default: the paper's recipe).
+        val_features: held-out features for per-epoch and final :func:`evaluate`.
+        checkpoint_dir: where the resumable state is written after every epoch.
+        resume: continue from the state in ``checkpoint_dir`` when there is one (it must
+            come from the same config and data, else an error says what differs).
+        stop_after_epoch: stop once this many epochs are done (the schedule still spans
+            ``cfg.epochs``); with ``checkpoint_dir`` a later call picks up from there.
+        progress: show a tqdm bar with loss, FVU, L0 and dead %.
+        num_threads: CPU threads for the duration of training (restored afterwards); None
+            keeps torch's setting. Small SAEs on a busy CPU run far faster on one thread,
+            where OpenMP's per-op synchronisation costs more than the op.
+    Returns:
+        :class:`TrainResult` (the SAE, per-step and per-epoch history, final metrics).
+    """
+    cfg = cfg or TrainConfig()
+    if num_threads is None:
+        return _train(features, cfg, val_features, checkpoint_dir, resume, stop_after_epoch, progress)
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        return _train(features, cfg, val_features, checkpoint_dir, resume, stop_after_epoch, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: str | os.PathLike | None,
+           resume: bool, stop_after_epoch: int | None, progress: bool) -> TrainResult:
+    src = FeatureSource(features, "features")
+    val = FeatureSource(val_features, "val_features") if val_features is not None else None
+    if val is not None and val.d != src.d:
+        raise ValueError(f"val_features have width {val.d} but features have width {src.d}")
+    device = _device(cfg)
+    d_in = src.d
+    k_aux = cfg.k_aux if cfg.k_aux is not None else max(1, d_in // 2)
+    n_epoch = max(1, int(round(cfg.epoch_fraction * src.n)))
+    dead_threshold = cfg.dead_threshold if cfg.dead_threshold is not None else n_epoch
+    data_id = src.identity()
+    compute_dtype = torch.bfloat16 if (cfg.autocast and device.type == "cuda") else None
+
+    sae = TopKSAE(d_in, cfg.d_sae, cfg.k, cfg.relu, generator=torch.Generator().manual_seed(cfg.seed))
+    sae.init_bias_(src.mean())
+    sae.to(device)
+    opt = _make_optimizer(sae, cfg, device)
+    state = _State(sae, opt, torch.zeros(cfg.d_sae, dtype=torch.int64, device=device))
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and resume and (ckpt / STATE_JSON).is_file():
+        state.load(ckpt, cfg, data_id)
+
+    last_epoch = cfg.epochs if stop_after_epoch is None else min(cfg.epochs, int(stop_after_epoch))
+    steps_per_epoch = math.ceil(n_epoch / cfg.batch_size)
+    bar = tqdm(total=steps_per_epoch * last_epoch, initial=min(state.step, steps_per_epoch * last_epoch),
+               desc=f"SAE d_sae={cfg.d_sae} k={cfg.k}", disable=not progress, unit="step")
+    metrics = None
+    while state.epoch < last_epoch:
+        epoch, t0 = state.epoch, time.perf_counter()
+        lr = cfg.lr_at(epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        order = epoch_indices(src.n, cfg, epoch)
+        batches = (src.take(order[s:s + cfg.batch_size].numpy()) for s in range(0, len(order), cfg.batch_size))
+        rows = []
+        for xb in prefetch(batches):
+            row = _step(sae, opt, state, xb.to(device, non_blocking=True), cfg, k_aux, dead_threshold, compute_dtype)
+            row.update(epoch=epoch + 1, step=state.step, lr=lr)
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}",
+                            dead=f"{100 * row['dead_frac']:.1f}%")
+        state.steps.extend(rows)
+        summary = {"epoch": epoch + 1, "step": state.step, "lr": lr,
+                   **{key: float(np.mean([r[key] for r in rows])) for key in ("loss", "aux_loss", "fvu", "l0")},
+                   "dead_frac": rows[-1]["dead_frac"], "seconds": time.perf_counter() - t0}
+        state.epoch += 1
+        is_last = state.epoch == cfg.epochs
+        if val is not None and (is_last or (cfg.val_every and state.epoch % cfg.val_every == 0)):
+            metrics = evaluate(sae, val_features, batch_size=cfg.batch_size, device=device, progress=False)
+            summary.update({f"val_{key}": value for key, value in metrics.summary().items()
+                            if key in ("fvu", "cosine", "l0", "dead_frac", "frequent")})
+        state.epochs.append(summary)
+        if ckpt is not None:
+            state.save(ckpt, cfg, data_id)
+    bar.close()
+    sae.release_buffer()
+    if val is not None and metrics is None:  # resumed at the end, or stopped between evaluations
+        metrics = evaluate(sae, val_features, batch_size=cfg.batch_size, device=device, progress=False)
+    sae.meta.update({"trained_on": data_id, "train_config": cfg.to_dict(), "epochs_done": state.epoch,
+                     "k_aux": k_aux, "dead_threshold": dead_threshold})
+    if metrics is not None:
+        sae.meta["val_metrics"] = metrics.summary()
+    steps = pd.DataFrame(state.steps, columns=list(STEP_COLUMNS))
+    epochs = pd.DataFrame(state.epochs)
+    if len(epochs):  # JSON round trips sort keys: restore a fixed, readable column order
+        first = ["epoch", "step", "lr", "loss", "aux_loss", "fvu", "l0", "dead_frac", "seconds"]
+        epochs = epochs[first + sorted(c for c in epochs.columns if c not in first)]
+    return TrainResult(sae, steps, epochs, metrics, cfg)
+
+
+def _step(sae: TopKSAE, opt: torch.optim.Optimizer, state: _State, x: torch.Tensor, cfg: TrainConfig,
+          k_aux: int, dead_threshold: int, compute_dtype: torch.dtype | None) -> dict[str, float]:
+    """One optimiser step on batch ``x``; returns its logged numbers."""
+    dead = state.since_fired >= dead_threshold if cfg.auxk else None
+    code = sae.encode_train(x, dead, k_aux, compute_dtype, reuse_buffer=True)
+    x_hat = sae.decode(code.indices, code.values)
+    loss = main_loss(x, x_hat, cfg.loss)
+    total = loss
+    aux = torch.zeros((), device=x.device)
+    if cfg.auxk and code.aux_indices.shape[1] > 0:
+        residual = (x - x_hat).detach()
+        e_hat = sparse_decode(code.aux_indices, code.aux_values, sae.W_dec)
+        aux = auxk_loss(residual, e_hat)
+        total = loss + cfg.auxk_coef * aux
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    sae.project_decoder_grad_()
+    opt.step()
+    sae.normalize_decoder_()
+    with torch.no_grad():
+        fired = code.indices[code.values != 0]
+        state.since_fired += x.shape[0]
+        state.since_fired[fired] = 0
+        err = (x - x_hat).pow(2).sum()
+        var = (x - x.mean(0)).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
+        stats = torch.stack([loss.detach(), aux.detach(), err / var, (code.values != 0).sum(1).float().mean(),
+                             (state.since_fired >= dead_threshold).float().mean()]).tolist()
+    state.step += 1
+    return dict(zip(("loss", "aux_loss", "fvu", "l0", "dead_frac"), stats))

@@ -1,0 +1,95 @@
+"""Alt-text-like captions generated from an image's attribute record.
+
+Rules (tests check each one):
+- a caption always names the object class (for lesions: the diagnosis);
+- it names the object's colour with probability `COLOUR_CAPTION_RATE`;
+- it mentions a rendered word whenever the image carries one: "... with the word 'X'";
+- it never names the background, the watermark or the red-hue tint: those are what the
+  planted failure modes hide from the text side (spurious background, red-hue shortcut).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+COLOUR_CAPTION_RATE = 0.5
+
+OBJECT_TEMPLATES: tuple[str, ...] = (
+    "a photo of {a} {obj}",
+    "a picture of {a} {obj}",
+    "an image of {a} {obj}",
+    "{a} {obj}",
+    "a drawing of {a} {obj}",
+    "{obj}",
+)
+
+TEXT_SUFFIXES: tuple[str, ...] = (
+    " with the word '{word}'",
+    " with the word '{word}' written on it",
+)
+
+LESION_TEMPLATES: tuple[str, ...] = (
+    "a photo of {a} {dx}",
+    "a dermoscopy image of {a} {dx}",
+    "a close-up photo of a skin lesion, {dx}",
+    "{a} {dx} on the skin",
+)
+
+
+def article(phrase: str) -> str:
+    return "an" if phrase[:1].lower() in "aeiou" else "a"
+
+
+def object_caption(rec: Mapping, rng: np.random.Generator) -> str:
+    """Caption for an object-world record (fields: object, colour, text)."""
+    obj = str(rec["object"])
+    if rng.random() < COLOUR_CAPTION_RATE:
+        obj = f"{rec['colour']} {obj}"
+    template = OBJECT_TEMPLATES[int(rng.integers(len(OBJECT_TEMPLATES)))]
+    caption = template.format(a=article(obj), obj=obj)
+    word = rec.get("text") or ""
+    if word:
+        caption += TEXT_SUFFIXES[int(rng.integers(len(TEXT_SUFFIXES)))].format(word=word)
+    return caption
+
+
+def lesion_caption(rec: Mapping, rng: np.random.Generator) -> str:
+    """Caption for a lesion-world record (field: diagnosis). The red hue is never named."""
+    dx = str(rec["diagnosis"])
+    template = LESION_TEMPLATES[int(rng.integers(len(LESION_TEMPLATES)))]
+    return template.format(a=article(dx), dx=dx)
+
+
+# --------------------------------------------------------------------------- labeler captions
+# The labeler (the stand-in for the paper's MobileCLIP-S2 labeling model) is trained on
+# *full* captions that name every attribute, planted or not, so it can align latents with
+# concepts the explained model's captions hide (backgrounds, watermark, red hue).
+
+BACKGROUND_PHRASES: dict[str, str] = {
+    "plain": "a plain background", "stripes": "stripes", "checker": "a checkerboard", "noise": "noise",
+    "grass": "grass", "water": "water", "sand": "sand", "brick": "a brick wall",
+}
+
+
+def full_object_caption(rec: Mapping, rng: np.random.Generator) -> str:
+    """Every attribute named: colour, object, background, word, watermark, red tint."""
+    obj = f"{rec['colour']} {rec['object']}"
+    template = OBJECT_TEMPLATES[int(rng.integers(3))]  # the "a photo/picture/image of" ones
+    caption = template.format(a=article(obj), obj=obj) + f" on {BACKGROUND_PHRASES[str(rec['background'])]}"
+    if rec.get("text"):
+        caption += f" with the word '{rec['text']}'"
+    if bool(rec.get("watermark", False)):
+        caption += ", with a watermark"
+    if float(rec.get("tint", 0.0) or 0.0) > 0:
+        caption += ", with a red tint"
+    return caption
+
+
+def full_lesion_caption(rec: Mapping, rng: np.random.Generator) -> str:
+    dx = str(rec["diagnosis"])
+    caption = f"a dermoscopy image of {article(dx)} {dx} on {rec['skin']} skin"
+    if float(rec.get("tint", 0.0) or 0.0) > 0:
+        caption += ", with a red tint"
+    return caption

@@ -1,0 +1,420 @@
+"""Pixels of the sandbox world: sprites, backgrounds, rendered words, watermark, red-hue tint.
+
+Everything here is a pure function of an attribute record (a mapping with the fields listed
+in `world.OBJECT_FIELDS` / `world.LESION_FIELDS`) and the output size, using numpy and
+Pillow only; randomness inside an image (texture noise, lesion outline) comes from the
+record's ``render_seed``, so a record re-renders to identical pixels anywhere.
+
+Sprites are drawn on a 2x canvas and box-downsampled, which anti-aliases edges without
+touching the (2x nearest-upscaled) background: a uniform 2x2 block averages to itself.
+
+Bump `RENDERER_VERSION` whenever any pixel a record produces changes; it is part of every
+image set's fingerprint, so feature caches made with older pixels are not reused.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+RENDERER_VERSION = "1"
+
+# Object colours (sprite fill); names are what captions say.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (245, 135, 25),
+    "yellow": (240, 205, 30),
+    "green": (40, 160, 55),
+    "blue": (35, 80, 215),
+    "purple": (135, 55, 185),
+    "white": (242, 242, 242),
+    "black": (28, 28, 28),
+}
+
+BACKGROUNDS: tuple[str, ...] = ("plain", "stripes", "checker", "noise", "grass", "water", "sand", "brick")
+
+# The pink-red colour that the "red hue" tint blends towards (the benign-lesion artefact).
+TINT_RGB = (235, 65, 95)
+
+# Skin tones for lesion backgrounds, light to dark.
+SKIN_TONES: dict[str, tuple[int, int, int]] = {
+    "very light": (246, 222, 204),
+    "light": (232, 196, 170),
+    "medium": (214, 170, 138),
+    "tan": (190, 142, 106),
+    "brown": (150, 104, 74),
+}
+
+Point = tuple[float, float]
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 28,
+             a0: float = 0.0, a1: float | None = None) -> list[Point]:
+    """A closed ellipse (a1 None) or the arc from angle a0 to a1, as n points."""
+    if a1 is None:
+        angles = [a0 + 2 * math.pi * k / n for k in range(n)]
+    else:
+        angles = list(np.linspace(a0, a1, n))
+    return [(cx + rx * math.cos(a), cy + ry * math.sin(a)) for a in angles]
+
+
+def _rect(x0: float, y0: float, x1: float, y1: float) -> list[Point]:
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _star(r_out: float, r_in: float, points: int = 5) -> list[Point]:
+    out = []
+    for k in range(2 * points):
+        r = r_out if k % 2 == 0 else r_in
+        a = -math.pi / 2 + k * math.pi / points
+        out.append((r * math.cos(a), r * math.sin(a)))
+    return out
+
+
+def _club() -> list[Point]:
+    # A baseball bat along the x axis: thin handle (left) widening into the barrel (right).
+    top, bottom = [], []
+    for k in range(13):
+        x = -0.95 + 1.9 * k / 12
+        half = 0.08 + 0.16 * max(0.0, (x + 0.3) / 1.25)
+        top.append((x, -half))
+        bottom.append((x, half))
+    cap = _ellipse(0.95, 0.0, 0.06, 0.24, n=9, a0=-math.pi / 2, a1=math.pi / 2)
+    return top + cap + bottom[::-1]
+
+
+# Each sprite: a list of (polygon in [-1, 1]^2, y down; fill role). Roles: "main" (the
+# record's colour), "dark"/"light" (shades of it), or a fixed RGB tuple.
+Part = tuple[list[Point], object]
+
+SPRITES: dict[str, list[Part]] = {
+    "ball": [(_ellipse(0, 0, 0.85, 0.85), "main"), (_ellipse(-0.3, -0.3, 0.2, 0.2, n=12), "light")],
+    "house": [(_rect(-0.7, -0.1, 0.7, 0.9), "main"),
+              ([(-0.95, -0.1), (0.0, -0.9), (0.95, -0.1)], "dark"),
+              (_rect(-0.18, 0.35, 0.18, 0.9), "light"),
+              (_rect(0.3, 0.1, 0.55, 0.35), "light")],
+    "tree": [(_rect(-0.14, 0.15, 0.14, 0.95), (110, 70, 35)),
+             (_ellipse(0, -0.3, 0.7, 0.62), "main"),
+             (_ellipse(-0.25, -0.45, 0.25, 0.2, n=12), "light")],
+    "car": [([(-0.95, 0.05), (0.95, 0.05), (0.95, 0.5), (-0.95, 0.5)], "main"),
+            ([(-0.55, 0.05), (-0.35, -0.4), (0.35, -0.4), (0.6, 0.05)], "main"),
+            ([(-0.4, 0.0), (-0.27, -0.3), (0.0, -0.3), (0.0, 0.0)], "light"),
+            ([(0.08, 0.0), (0.08, -0.3), (0.3, -0.3), (0.45, 0.0)], "light"),
+            (_ellipse(-0.55, 0.55, 0.24, 0.24, n=16), (20, 20, 20)),
+            (_ellipse(0.55, 0.55, 0.24, 0.24, n=16), (20, 20, 20))],
+    "boat": [([(-0.95, 0.3), (0.95, 0.3), (0.6, 0.8), (-0.6, 0.8)], "main"),
+             (_rect(-0.05, -0.95, 0.05, 0.3), (90, 60, 30)),
+             ([(0.1, -0.9), (0.1, 0.2), (0.8, 0.2)], (248, 248, 240)),
+             ([(-0.1, -0.6), (-0.1, 0.2), (-0.6, 0.2)], (248, 248, 240))],
+    "fish": [([(0.35, 0.0), (0.95, -0.5), (0.85, 0.0), (0.95, 0.5)], "dark"),
+             (_ellipse(-0.15, 0.0, 0.65, 0.4), "main"),
+             (_ellipse(-0.5, -0.1, 0.08, 0.08, n=10), (15, 15, 15)),
+             ([(-0.1, -0.35), (0.15, -0.6), (0.25, -0.3)], "dark")],
+    "star": [(_star(0.95, 0.4), "main")],
+    "bat_animal": [([(-1.0, -0.4), (-0.6, -0.2), (-0.25, -0.3), (0.0, -0.1), (0.25, -0.3), (0.6, -0.2),
+                     (1.0, -0.4), (0.85, 0.05), (0.62, -0.02), (0.48, 0.22), (0.26, 0.08), (0.0, 0.4),
+                     (-0.26, 0.08), (-0.48, 0.22), (-0.62, -0.02), (-0.85, 0.05)], "main"),
+                    (_ellipse(0.0, 0.0, 0.17, 0.3, n=14), "dark"),
+                    ([(-0.15, -0.2), (-0.12, -0.45), (-0.02, -0.25)], "dark"),
+                    ([(0.15, -0.2), (0.12, -0.45), (0.02, -0.25)], "dark")],
+    "bat_club": [(_club(), "main"), (_ellipse(-0.97, 0.0, 0.06, 0.13, n=10), "dark")],
+    "fire": [([(0.0, -0.95), (0.2, -0.45), (0.45, -0.7), (0.55, -0.1), (0.7, 0.3), (0.45, 0.8), (0.0, 0.95),
+               (-0.45, 0.8), (-0.7, 0.3), (-0.55, -0.2), (-0.35, 0.0), (-0.3, -0.55)], "main"),
+             ([(0.0, -0.3), (0.25, 0.15), (0.35, 0.5), (0.0, 0.8), (-0.35, 0.5), (-0.2, 0.1)], (250, 230, 90))],
+    "fire_truck": [(_rect(-0.95, -0.2, 0.45, 0.5), "main"),
+                   ([(0.45, -0.55), (0.8, -0.55), (0.97, -0.15), (0.97, 0.5), (0.45, 0.5)], "main"),
+                   ([(0.55, -0.45), (0.78, -0.45), (0.9, -0.15), (0.55, -0.15)], (200, 225, 245)),
+                   (_rect(-0.85, -0.42, 0.35, -0.36), (215, 215, 215)),
+                   (_rect(-0.85, -0.28, 0.35, -0.22), (215, 215, 215))]
+                  + [(_rect(x, -0.42, x + 0.06, -0.22), (215, 215, 215)) for x in (-0.8, -0.5, -0.2, 0.1)]
+                  + [(_ellipse(x, 0.55, 0.2, 0.2, n=14), (20, 20, 20)) for x in (-0.65, -0.1, 0.65)],
+    "cup": [(_ellipse(0.55, 0.05, 0.38, 0.38, n=20), "dark"),
+            (_ellipse(0.55, 0.05, 0.2, 0.2, n=16), "cutout"),
+            ([(-0.7, -0.6), (0.55, -0.6), (0.45, 0.8), (-0.6, 0.8)], "main"),
+            (_ellipse(-0.075, -0.6, 0.625, 0.1, n=20), "light")],
+    "flower": [(_rect(-0.05, 0.1, 0.05, 0.98), (40, 130, 40)),
+               ([(0.0, 0.7), (0.45, 0.45), (0.05, 0.55)], (40, 130, 40))]
+              + [(_ellipse(0.32 * math.cos(a), -0.3 + 0.32 * math.sin(a), 0.24, 0.24, n=14), "main")
+                 for a in np.linspace(0, 2 * math.pi, 6, endpoint=False)]
+              + [(_ellipse(0.0, -0.3, 0.17, 0.17, n=14), (250, 215, 40))],
+}
+
+# Which sprites draw which object class; more than one = a polysemous caption word.
+CLASS_SPRITES: dict[str, tuple[str, ...]] = {
+    "ball": ("ball",), "bat": ("bat_animal", "bat_club"), "boat": ("boat",), "car": ("car",),
+    "cup": ("cup",), "fire": ("fire",), "fire truck": ("fire_truck",), "fish": ("fish",),
+    "flower": ("flower",), "house": ("house",), "star": ("star",), "tree": ("tree",),
+}
+
+
+def _shade(rgb: Sequence[int], f: float) -> tuple[int, int, int]:
+    if f < 1:
+        return tuple(int(round(c * f)) for c in rgb)  # type: ignore[return-value]
+    return tuple(int(round(c + (255 - c) * (f - 1))) for c in rgb)  # type: ignore[return-value]
+
+
+def _outline(rgb: Sequence[int]) -> tuple[int, int, int]:
+    # Dark outline for everything but black sprites, which get a light one: the sprite stays
+    # visible on any background without the outline colour becoming a class cue.
+    return (200, 200, 200) if sum(rgb) < 150 else _shade(rgb, 0.45)
+
+
+# --------------------------------------------------------------------------- backgrounds
+
+def _lowfreq_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Smooth noise in [0, 1]: a small random grid upscaled bicubically."""
+    grid = (rng.random((cells, cells)) * 255).astype(np.uint8)
+    up = Image.fromarray(grid).resize((size, size), Image.BICUBIC)
+    return np.asarray(up, dtype=np.float32) / 255.0
+
+
+def render_background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, size, 3) float32 in [0, 255] for one of `BACKGROUNDS`."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if kind == "plain":
+        base = rng.uniform(120, 235, 3)
+        img = np.broadcast_to(base, (size, size, 3)).copy()
+    elif kind == "stripes":
+        c1, c2 = rng.uniform(90, 240, 3), rng.uniform(90, 240, 3)
+        angle = rng.choice([0.0, 45.0, 90.0, 135.0]) * math.pi / 180
+        period = rng.uniform(size / 10, size / 5)
+        phase = (xx * math.cos(angle) + yy * math.sin(angle)) / period
+        mask = (np.floor(phase) % 2 == 0)[..., None]
+        img = np.where(mask, c1, c2)
+    elif kind == "checker":
+        c1, c2 = rng.uniform(90, 240, 3), rng.uniform(90, 240, 3)
+        cell = rng.uniform(size / 10, size / 5)
+        mask = ((np.floor(xx / cell) + np.floor(yy / cell)) % 2 == 0)[..., None]
+        img = np.where(mask, c1, c2)
+    elif kind == "noise":
+        base = rng.uniform(100, 200, 3)
+        img = base + rng.normal(0, 40, (size, size, 3))
+    elif kind == "grass":
+        base = np.array([70, 140, 50]) * rng.uniform(0.8, 1.15)
+        img = base * (0.75 + 0.5 * _lowfreq_noise(rng, size, 5))[..., None]
+        # Blades: short near-vertical strokes, lighter or darker than the base.
+        n = int(size * size / 14)
+        x0, y0 = rng.integers(0, size, n), rng.integers(0, size, n)
+        length = rng.integers(2, max(3, size // 10), n)
+        tone = rng.uniform(0.6, 1.4, n)
+        for x, y, l, t in zip(x0, y0, length, tone):
+            img[max(0, y - l):y + 1, x] = base * t
+    elif kind == "water":
+        base = np.array([40, 110, 200]) * rng.uniform(0.8, 1.15)
+        img = base * (0.8 + 0.35 * _lowfreq_noise(rng, size, 4))[..., None]
+        # Wave crests: thin light sinusoidal lines.
+        period = rng.uniform(size / 8, size / 5)
+        amp = rng.uniform(1.0, size / 24)
+        freq = rng.uniform(2.0, 4.0) * 2 * math.pi / size
+        wave = np.sin(xx * freq + rng.uniform(0, 2 * math.pi)) * amp
+        crest = np.abs(((yy + wave) % period) - period / 2) < 0.9
+        img = np.where(crest[..., None], np.minimum(base * 1.7 + 40, 255), img)
+    elif kind == "sand":
+        base = np.array([225, 200, 150]) * rng.uniform(0.85, 1.05)
+        img = base * (0.9 + 0.15 * _lowfreq_noise(rng, size, 6))[..., None]
+        specks = rng.random((size, size)) < 0.08
+        img = np.where(specks[..., None], img * 0.75, img)
+    elif kind == "brick":
+        brick = np.array([160, 70, 50]) * rng.uniform(0.85, 1.15)
+        mortar = np.array([215, 210, 200]) * rng.uniform(0.9, 1.0)
+        bh = rng.uniform(size / 9, size / 6)
+        bw = 2 * bh
+        row = np.floor(yy / bh)
+        shift = (row % 2) * bw / 2
+        joint = ((yy % bh) < 1.2) | (((xx + shift) % bw) < 1.2)
+        img = np.where(joint[..., None], mortar, brick * (0.9 + 0.2 * _lowfreq_noise(rng, size, 8))[..., None])
+    else:
+        raise ValueError(f"render_background: unknown background {kind!r}; expected one of {BACKGROUNDS}")
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- drawing
+
+@lru_cache(maxsize=16)
+def font(size_px: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled font (no system fonts: pixels must not depend on the machine)."""
+    f = ImageFont.load_default(size=size_px)
+    if not isinstance(f, ImageFont.FreeTypeFont):
+        raise RuntimeError("the sandbox renderer needs Pillow built with FreeType (ImageFont.load_default(size=...))")
+    return f
+
+
+def _transform(points: Sequence[Point], cx: float, cy: float, half: float, angle_deg: float) -> list[Point]:
+    a = math.radians(angle_deg)
+    ca, sa = math.cos(a), math.sin(a)
+    return [(cx + half * (x * ca - y * sa), cy + half * (x * sa + y * ca)) for x, y in points]
+
+
+def draw_sprite(canvas: Image.Image, sprite: str, rgb: Sequence[int], cx: float, cy: float,
+                half: float, angle_deg: float, background: Image.Image | None = None) -> None:
+    """Draw `sprite` onto `canvas` (in place), centred at (cx, cy) px with half-size `half` px.
+
+    The "cutout" role (the hole of a cup handle) is filled with the matching background
+    pixels, so holes show the background and not a flat colour.
+    """
+    if sprite not in SPRITES:
+        raise ValueError(f"draw_sprite: unknown sprite {sprite!r}; expected one of {sorted(SPRITES)}")
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, int(round(half / 14)))
+    line = _outline(rgb)
+    for points, role in SPRITES[sprite]:
+        poly = _transform(points, cx, cy, half, angle_deg)
+        if role == "cutout":
+            if background is None:
+                raise ValueError("draw_sprite: a sprite with a cutout needs the background image")
+            mask = Image.new("L", canvas.size, 0)
+            ImageDraw.Draw(mask).polygon(poly, fill=255)
+            canvas.paste(background, (0, 0), mask)
+            draw.line(poly + poly[:1], fill=line, width=width)
+            continue
+        if role == "main":
+            fill = tuple(int(c) for c in rgb)
+        elif role == "dark":
+            fill = _shade(rgb, 0.7)
+        elif role == "light":
+            fill = _shade(rgb, 1.45)
+        else:
+            fill = tuple(role)  # type: ignore[arg-type]
+        draw.polygon(poly, fill=fill, outline=line, width=width)
+
+
+def draw_word(canvas: Image.Image, word: str, x: float, y: float, px: int, dark: bool) -> None:
+    """Draw `word` with its top-left at (x, y), font size `px`, black-on-white-halo or reverse."""
+    fill, stroke = ((10, 10, 10), (250, 250, 250)) if dark else ((250, 250, 250), (10, 10, 10))
+    ImageDraw.Draw(canvas).text((x, y), word, font=font(px), fill=fill,
+                                stroke_width=max(1, px // 10), stroke_fill=stroke)
+
+
+def word_size(word: str, px: int) -> tuple[int, int]:
+    """(width, height) in pixels of `word` drawn by `draw_word` at font size `px`."""
+    x0, y0, x1, y1 = font(px).getbbox(word, stroke_width=max(1, px // 10))
+    return int(x1), int(y1)
+
+
+WATERMARK_TEXT = "(c) wm"
+
+
+def draw_watermark(img: Image.Image, corner: str, px: int) -> Image.Image:
+    """A translucent white corner stamp, like stock-photo watermarks."""
+    if corner not in ("tl", "tr", "bl", "br"):
+        raise ValueError(f"draw_watermark: corner must be tl/tr/bl/br, got {corner!r}")
+    w, h = word_size(WATERMARK_TEXT, px)
+    margin = max(1, img.width // 32)
+    x = margin if corner[1] == "l" else img.width - w - margin
+    y = margin if corner[0] == "t" else img.height - h - margin
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    ImageDraw.Draw(layer).text((x, y), WATERMARK_TEXT, font=font(px), fill=(255, 255, 255, 150),
+                               stroke_width=1, stroke_fill=(60, 60, 60, 110))
+    return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
+
+
+def red_tint(img: Image.Image | np.ndarray, strength: float) -> Image.Image:
+    """The sandbox's red/pink hue: blend every pixel towards `TINT_RGB` by `strength` in [0, 1].
+
+    (Not the paper's Eq. 32, which scales the red channel; the melanoma notebook applies
+    Eq. 32 itself. This is the artefact *planted* in the data.)
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"red_tint: strength must be in [0, 1], got {strength}")
+    arr = np.asarray(img, dtype=np.float32)
+    out = (1.0 - strength) * arr + strength * np.asarray(TINT_RGB, dtype=np.float32)
+    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+
+
+def _finish(big: Image.Image, size: int) -> Image.Image:
+    return big.resize((size, size), Image.BOX)
+
+
+def render_object(rec: Mapping, size: int = 64) -> Image.Image:
+    """Render one object-world record (see `world.OBJECT_FIELDS`) as a (size, size) RGB image."""
+    rng = np.random.default_rng(int(rec["render_seed"]))
+    bg = render_background(str(rec["background"]), size, rng)
+    big_size = 2 * size
+    bg_img = Image.fromarray(np.round(bg).astype(np.uint8)).resize((big_size, big_size), Image.NEAREST)
+    canvas = bg_img.copy()
+    draw_sprite(canvas, str(rec["sprite"]), COLOURS[str(rec["colour"])],
+                float(rec["cx"]) * big_size, float(rec["cy"]) * big_size,
+                float(rec["scale"]) * big_size, float(rec["angle"]), background=bg_img)
+    word = rec.get("text") or ""
+    if word:
+        px = int(round(float(rec["text_px"]) * big_size))
+        draw_word(canvas, str(word), float(rec["text_x"]) * big_size, float(rec["text_y"]) * big_size,
+                  px, bool(rec["text_dark"]))
+    img = _finish(canvas, size)
+    if bool(rec.get("watermark", False)):
+        img = draw_watermark(img, str(rec["watermark_corner"]), max(6, int(round(size * 0.12))))
+    tint = float(rec.get("tint", 0.0) or 0.0)
+    if tint > 0:
+        img = red_tint(img, tint)
+    return img
+
+
+# --------------------------------------------------------------------------- lesions
+
+def _blob(cx: float, cy: float, radius: float, irregularity: float, rng: np.random.Generator,
+          n: int = 48, harmonics: int = 6, squash: float = 1.0) -> list[Point]:
+    """A closed outline r(theta) = R (1 + sum_k a_k sin(k theta + phi_k)); `irregularity`
+    scales the higher harmonics (border irregularity, the "B" of the ABCD rule)."""
+    theta = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    r = np.ones(n)
+    for k in range(2, harmonics + 2):
+        r += irregularity * rng.uniform(0.3, 1.0) / (k ** 0.7) * np.sin(k * theta + rng.uniform(0, 2 * math.pi))
+    r = np.clip(r, 0.35, 1.8) * radius
+    rot = rng.uniform(0, math.pi)
+    xs, ys = r * np.cos(theta), r * np.sin(theta) * squash
+    return [(cx + x * math.cos(rot) - y * math.sin(rot), cy + x * math.sin(rot) + y * math.cos(rot))
+            for x, y in zip(xs, ys)]
+
+
+LESION_PALETTE = {
+    "tan": (176, 120, 80),
+    "brown": (120, 75, 45),
+    "dark brown": (75, 42, 25),
+    "black": (35, 25, 22),
+    "blue-gray": (95, 100, 125),
+}
+
+
+def render_lesion(rec: Mapping, size: int = 64) -> Image.Image:
+    """Render one lesion-world record (see `world.LESION_FIELDS`)."""
+    rng = np.random.default_rng(int(rec["render_seed"]))
+    big = 2 * size
+    skin = np.asarray(SKIN_TONES[str(rec["skin"])], dtype=np.float32)
+    shade = 0.92 + 0.16 * _lowfreq_noise(rng, big, 5)
+    bg = skin * shade[..., None] + rng.normal(0, 3.0, (big, big, 3))
+    canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    cx, cy = float(rec["cx"]) * big, float(rec["cy"]) * big
+    radius = float(rec["radius"]) * big
+    irr = float(rec["irregularity"])
+    base = np.asarray(LESION_PALETTE[str(rec["base_colour"])], dtype=np.float32)
+    # Halo: a slightly lighter, larger outline so the border fades like real pigment.
+    draw.polygon(_blob(cx, cy, radius * 1.12, irr, rng, squash=float(rec["squash"])),
+                 fill=tuple(int(c) for c in (0.55 * base + 0.45 * skin)))
+    draw.polygon(_blob(cx, cy, radius, irr, rng, squash=float(rec["squash"])), fill=tuple(int(c) for c in base))
+    # Colour variegation: extra patches of other pigment colours, off-centre (asymmetry).
+    for name in [c for c in str(rec["patch_colours"]).split("+") if c]:
+        off_r = radius * rng.uniform(0.1, 0.5)
+        a = rng.uniform(0, 2 * math.pi)
+        draw.polygon(_blob(cx + off_r * math.cos(a), cy + off_r * math.sin(a), radius * rng.uniform(0.25, 0.5),
+                           irr + 0.15, rng), fill=LESION_PALETTE[name])
+    # Hairs: thin dark curves across the field.
+    for _ in range(int(rec["hairs"])):
+        x0, y0 = rng.uniform(0, big, 2)
+        a = rng.uniform(0, math.pi)
+        length = rng.uniform(0.3, 0.8) * big
+        bend = rng.uniform(-0.3, 0.3)
+        pts = [(x0 + t * length * math.cos(a + bend * t), y0 + t * length * math.sin(a + bend * t))
+               for t in np.linspace(0, 1, 8)]
+        draw.line(pts, fill=(45, 30, 20), width=2)
+    img = _finish(canvas, size)
+    tint = float(rec.get("tint", 0.0) or 0.0)
+    if tint > 0:
+        img = red_tint(img, tint)
+    return img

@@ -1,0 +1,303 @@
+"""Measure each planted failure mode of the sandbox world in a trained CLIP.
+
+Every function takes a loaded CLIP — anything with ``.model`` (open_clip CLIP),
+``.preprocess`` (val transform) and ``.tokenizer`` (`clip.load_sandbox`'s result or
+`models.load_clip("sandbox")`) — renders fresh held-out images (split "test"; the lesion
+probe trains on split "val"; the CLIP trained on split "train") and returns a NamedTuple of
+the numbers. Scores are cosines
+between the L2-normalised image embedding and the prompt "a photo of a {class}" (Sec. 5.3
+/ App. D.2 probe the short class name the same way).
+
+Spurious / valid AUROC follow the paper's App. D.2: true class images against distractors
+of the failure mode ("spurious AUC") and against unrelated non-class images ("valid AUC").
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from .world import (CLASSNAMES, COMPOUND_CLASS, COMPOUND_HEAD, POLYSEMOUS_SPRITES, POLYSEMOUS_WORD,
+                    SPURIOUS_BACKGROUND, SPURIOUS_CLASS, TINT_RANGE, TYPO_WORDS, make_dataset,
+                    make_lesion_dataset)
+from .render import BACKGROUNDS
+
+PROMPT = "a photo of a {}"
+EVAL_SPLIT = "test"
+PROBE_SPLIT = "val"
+
+
+def _device(clip) -> torch.device:
+    return next(clip.model.parameters()).device
+
+
+@torch.no_grad()
+def text_embeddings(clip, texts: Sequence[str]) -> torch.Tensor:
+    """(T, d) L2-normalised text embeddings."""
+    tokens = clip.tokenizer(list(texts)).to(_device(clip))
+    return torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1).cpu()
+
+
+@torch.no_grad()
+def image_embeddings(clip, image_set, batch_size: int = 256) -> torch.Tensor:
+    """(N, d) L2-normalised image embeddings of an image set, through ``clip.preprocess``."""
+    device = _device(clip)
+    out = []
+    for start in range(0, len(image_set), batch_size):
+        stop = min(len(image_set), start + batch_size)
+        batch = torch.stack([clip.preprocess(image_set.load_image(i)) for i in range(start, stop)])
+        out.append(torch.nn.functional.normalize(clip.model.encode_image(batch.to(device)).float(), dim=-1).cpu())
+    return torch.cat(out)
+
+
+def prompt_scores(clip, image_set, classes: Sequence[str], template: str = PROMPT) -> np.ndarray:
+    """(N, C) cosine of every image with ``template.format(c)`` for every class c."""
+    img = image_embeddings(clip, image_set)
+    txt = text_embeddings(clip, [template.format(c) for c in classes])
+    return (img @ txt.T).numpy()
+
+
+def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(f"AUROC needs both groups non-empty (got {len(pos)} positives, {len(neg)} negatives)")
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
+
+
+class ZeroShot(NamedTuple):
+    accuracy: float
+    """Top-1 accuracy over `CLASSNAMES` with prompt "a photo of a {class}"."""
+    per_class: dict
+    """Class name -> top-1 accuracy on that class's images."""
+    confusion: np.ndarray
+    """(C, C) counts, rows = true class, columns = predicted class."""
+    n: int
+    """Number of test images."""
+
+
+def zero_shot(clip, n: int = 600, seed: int = 0, clean: bool = True, template: str = PROMPT) -> ZeroShot:
+    """Zero-shot top-1 on a held-out split drawn clean (no planted correlation) by default."""
+    ds = make_dataset(n, EVAL_SPLIT, seed, clean=clean)
+    scores = prompt_scores(clip, ds, CLASSNAMES, template)
+    y = np.asarray(ds.labels())
+    pred = scores.argmax(1)
+    conf = np.zeros((len(CLASSNAMES), len(CLASSNAMES)), dtype=np.int64)
+    np.add.at(conf, (y, pred), 1)
+    per_class = {c: float(conf[k, k] / max(1, conf[k].sum())) for k, c in enumerate(CLASSNAMES)}
+    return ZeroShot(float((pred == y).mean()), per_class, conf, int(n))
+
+
+class Spurious(NamedTuple):
+    auc_spurious: float
+    """AUROC of the class prompt: class images vs non-class images on the spurious background."""
+    auc_valid: float
+    """AUROC of the class prompt: class images vs non-class images on other backgrounds."""
+    mean_score_class: float
+    mean_score_spurious: float
+    """Mean prompt cosine on non-class images on the spurious background."""
+    mean_score_valid: float
+    n_per_group: int
+
+
+def spurious_background(clip, n_per_group: int = 120, seed: int = 0, cls: str = SPURIOUS_CLASS,
+                        background: str = SPURIOUS_BACKGROUND) -> Spurious:
+    """Mode (a). Class images are drawn clean (every background equally likely), so the
+    prompt must find the object, not the background."""
+    others = [c for c in CLASSNAMES if c != cls]
+    rest = [b for b in BACKGROUNDS if b != background]
+    true = make_dataset(n_per_group, EVAL_SPLIT, seed, clean=True, objects=[cls])
+    spur = make_dataset(n_per_group, EVAL_SPLIT, seed + 1, clean=True, objects=others, background=background)
+    valid = make_dataset(n_per_group, EVAL_SPLIT, seed + 2, clean=True, objects=others, background=rest)
+    s_true, s_spur, s_valid = (prompt_scores(clip, d, [cls])[:, 0] for d in (true, spur, valid))
+    return Spurious(_auroc(s_true, s_spur), _auroc(s_true, s_valid), float(s_true.mean()),
+                    float(s_spur.mean()), float(s_valid.mean()), int(n_per_group))
+
+
+class Typography(NamedTuple):
+    mean_shift: float
+    """Mean over (X, word Y) of cos(image with word Y, prompt Y) - cos(clean image, prompt Y)."""
+    frac_higher: float
+    """Fraction of paired images whose prompt-Y score rose when the word Y was rendered."""
+    auc: float
+    """AUROC of the prompt-Y score: images with the word Y vs the same classes without it."""
+    hijack_rate: float
+    """Fraction of images with the word Y whose zero-shot top-1 became Y."""
+    per_word_shift: dict
+    n: int
+
+
+def typography(clip, n_per_word: int = 16, seed: int = 0, words: Sequence[str] = TYPO_WORDS) -> Typography:
+    """Mode (b). For each class word Y: images of other classes carrying the word Y, and the
+    same draws (same seed: same objects, colours, backgrounds) without any word."""
+    shifts, pos, neg, hijack, per_word = [], [], [], [], {}
+    for k, word in enumerate(words):
+        others = [c for c in CLASSNAMES if c != word]
+        with_word = make_dataset(n_per_word, EVAL_SPLIT, seed + k, clean=True, objects=others, text=word)
+        clean = make_dataset(n_per_word, EVAL_SPLIT, seed + k, clean=True, objects=others, text="")
+        s_w = prompt_scores(clip, with_word, CLASSNAMES)
+        s_c = prompt_scores(clip, clean, CLASSNAMES)
+        j = CLASSNAMES.index(word)
+        d = s_w[:, j] - s_c[:, j]
+        shifts.append(d)
+        per_word[word] = float(d.mean())
+        pos.append(s_w[:, j])
+        neg.append(s_c[:, j])
+        hijack.append(s_w.argmax(1) == j)
+    shifts_a = np.concatenate(shifts)
+    return Typography(float(shifts_a.mean()), float((shifts_a > 0).mean()),
+                      _auroc(np.concatenate(pos), np.concatenate(neg)), float(np.concatenate(hijack).mean()),
+                      per_word, int(shifts_a.size))
+
+
+class Polysemy(NamedTuple):
+    auc_per_sprite: dict
+    """Sprite -> AUROC of the polysemous prompt: that sprite's images vs all other classes."""
+    mean_score_per_sprite: dict
+    mean_score_others: float
+    top1_per_sprite: dict
+    """Sprite -> fraction of its images whose zero-shot top-1 is the polysemous word."""
+    n_per_group: int
+
+
+def polysemy(clip, n_per_group: int = 60, seed: int = 0, word: str = POLYSEMOUS_WORD,
+             sprites: Sequence[str] = POLYSEMOUS_SPRITES) -> Polysemy:
+    """Mode (c): one caption word for two unrelated sprites; its prompt should rank both
+    above every other class."""
+    j = CLASSNAMES.index(word)
+    others = make_dataset(n_per_group, EVAL_SPLIT, seed, clean=True, objects=[c for c in CLASSNAMES if c != word])
+    s_o = prompt_scores(clip, others, CLASSNAMES)[:, j]
+    auc, mean, top1 = {}, {}, {}
+    for k, spr in enumerate(sprites):
+        d = make_dataset(n_per_group, EVAL_SPLIT, seed + 1 + k, clean=True, objects=[word], sprite=spr)
+        s = prompt_scores(clip, d, CLASSNAMES)
+        auc[spr] = _auroc(s[:, j], s_o)
+        mean[spr] = float(s[:, j].mean())
+        top1[spr] = float((s.argmax(1) == j).mean())
+    return Polysemy(auc, mean, float(s_o.mean()), top1, int(n_per_group))
+
+
+class Compound(NamedTuple):
+    auc_head_vs_others: float
+    """AUROC of the compound prompt: head-word class images vs the other non-class images
+    (0.5 = no confusion; high = the compound prompt fires on the head word's class)."""
+    auc_spurious: float
+    """AUROC of the compound prompt: compound-class images vs head-word class images."""
+    auc_valid: float
+    """AUROC of the compound prompt: compound-class images vs the other non-class images."""
+    mean_score_compound: float
+    mean_score_head: float
+    mean_score_others: float
+    n_per_group: int
+
+
+def compound_noun(clip, n_per_group: int = 60, seed: int = 0, compound: str = COMPOUND_CLASS,
+                  head: str = COMPOUND_HEAD) -> Compound:
+    """Mode (d): "a photo of a fire truck" vs images of fire and of everything else."""
+    others = [c for c in CLASSNAMES if c not in (compound, head)]
+    d_c = make_dataset(n_per_group, EVAL_SPLIT, seed, clean=True, objects=[compound])
+    d_h = make_dataset(n_per_group, EVAL_SPLIT, seed + 1, clean=True, objects=[head])
+    d_o = make_dataset(n_per_group, EVAL_SPLIT, seed + 2, clean=True, objects=others)
+    s_c, s_h, s_o = (prompt_scores(clip, d, [compound])[:, 0] for d in (d_c, d_h, d_o))
+    return Compound(_auroc(s_h, s_o), _auroc(s_c, s_h), _auroc(s_c, s_o), float(s_c.mean()),
+                    float(s_h.mean()), float(s_o.mean()), int(n_per_group))
+
+
+class LesionRedHue(NamedTuple):
+    acc_melanoma: float
+    """Probe accuracy on melanoma test images without tint."""
+    acc_melanoma_red: float
+    """The same melanoma images with the benign-style red hue added."""
+    acc_nevus: float
+    acc_nevus_red: float
+    drop_melanoma: float
+    """acc_melanoma - acc_melanoma_red, in accuracy points (0-100)."""
+    sem_melanoma: float
+    """Standard error of the paired per-image accuracy change on melanoma, in points."""
+    probe_train_accuracy: float
+    n_train: int
+    n_test_per_class: int
+    tint: float
+
+
+def lesion_red_hue(clip, n_train: int = 800, n_test_per_class: int = 150, seed: int = 0,
+                   tint: float | None = None, C: float = 1.0) -> LesionRedHue:
+    """Mode (e), the Sec. 5.4 experiment: a logistic-regression probe for melanoma trained on
+    image embeddings of the (red-hue-confounded) lesion training distribution, then tested on
+    untinted melanoma / nevus images and on the same images with the red hue added."""
+    tint = float(np.mean(TINT_RANGE)) if tint is None else float(tint)
+    train = make_lesion_dataset(n_train, PROBE_SPLIT, seed)
+    x_tr = image_embeddings(clip, train).numpy()
+    y_tr = np.asarray(train.labels())
+    probe = LogisticRegression(C=C, max_iter=2000).fit(x_tr, y_tr)
+    out = {}
+    paired = {}
+    for k, dx in enumerate(("melanoma", "nevus")):
+        clean = make_lesion_dataset(n_test_per_class, EVAL_SPLIT, seed + 1 + k, diagnosis=dx, tint=0.0)
+        red = clean.replace(tint=tint)
+        y = 1 if dx == "melanoma" else 0
+        c_ok = probe.predict(image_embeddings(clip, clean).numpy()) == y
+        r_ok = probe.predict(image_embeddings(clip, red).numpy()) == y
+        out[dx] = (float(c_ok.mean()), float(r_ok.mean()))
+        paired[dx] = c_ok.astype(float) - r_ok.astype(float)
+    d = paired["melanoma"]
+    return LesionRedHue(out["melanoma"][0], out["melanoma"][1], out["nevus"][0], out["nevus"][1],
+                        100.0 * (out["melanoma"][0] - out["melanoma"][1]),
+                        100.0 * float(d.std(ddof=1) / np.sqrt(len(d))), float(probe.score(x_tr, y_tr)),
+                        int(n_train), int(n_test_per_class), tint)
+
+
+def measure_all(clip, seed: int = 0, n_zero_shot: int = 600, n_per_group: int = 120, n_per_word: int = 16,
+                n_lesion_train: int = 800, n_lesion_test: int = 150) -> dict:
+    """Every planted-mode measurement as a JSON-able dict (what the training record stores)."""
+    zs = zero_shot(clip, n=n_zero_shot, seed=seed)
+    return {
+        "zero_shot": {"accuracy": zs.accuracy, "per_class": zs.per_class, "n": zs.n,
+                      "confusion": zs.confusion.tolist()},
+        "spurious": spurious_background(clip, n_per_group=n_per_group, seed=seed)._asdict(),
+        "typography": typography(clip, n_per_word=n_per_word, seed=seed)._asdict(),
+        "polysemy": polysemy(clip, n_per_group=max(2, n_per_group // 2), seed=seed)._asdict(),
+        "compound": compound_noun(clip, n_per_group=max(2, n_per_group // 2), seed=seed)._asdict(),
+        "lesion": lesion_red_hue(clip, n_train=n_lesion_train, n_test_per_class=n_lesion_test, seed=seed)._asdict(),
+    }
+
+
+# What "the mode is really in the model" means (issue 3, "Done when"); shown by the notebook.
+CRITERIA = {
+    "zero_shot": "top-1 >= 0.90 on the clean test split",
+    "spurious": "auc_valid - auc_spurious >= 0.10",
+    "typography": "mean_shift > 0 and auc >= 0.70",
+    "polysemy": "every sprite's auc >= 0.90",
+    "compound": "auc_head_vs_others >= 0.70 and auc_spurious < auc_valid",
+    "lesion": "drop_melanoma >= 10 points",
+}
+
+
+def summary(m: dict):
+    """One row per planted mode: headline numbers and whether the criterion holds."""
+    import pandas as pd
+
+    rows = [
+        ("zero-shot", f"top-1 {m['zero_shot']['accuracy']:.3f}", m["zero_shot"]["accuracy"] >= 0.9),
+        ("(a) spurious", f"AUROC vs {SPURIOUS_BACKGROUND} {m['spurious']['auc_spurious']:.3f} / "
+                         f"vs others {m['spurious']['auc_valid']:.3f}",
+         m["spurious"]["auc_valid"] - m["spurious"]["auc_spurious"] >= 0.10),
+        ("(b) typography", f"shift {m['typography']['mean_shift']:+.3f}, AUROC {m['typography']['auc']:.3f}, "
+                           f"hijack {m['typography']['hijack_rate']:.2f}",
+         m["typography"]["mean_shift"] > 0 and m["typography"]["auc"] >= 0.7),
+        ("(c) polysemy", ", ".join(f"{k} AUROC {v:.3f}" for k, v in m["polysemy"]["auc_per_sprite"].items()),
+         min(m["polysemy"]["auc_per_sprite"].values()) >= 0.9),
+        ("(d) compound", f"'{COMPOUND_CLASS}' prompt: {COMPOUND_HEAD} vs others AUROC "
+                         f"{m['compound']['auc_head_vs_others']:.3f}; vs {COMPOUND_HEAD} "
+                         f"{m['compound']['auc_spurious']:.3f} / vs others {m['compound']['auc_valid']:.3f}",
+         m["compound"]["auc_head_vs_others"] >= 0.7 and m["compound"]["auc_spurious"] < m["compound"]["auc_valid"]),
+        ("(e) lesion red hue", f"melanoma acc {100 * m['lesion']['acc_melanoma']:.1f} -> "
+                               f"{100 * m['lesion']['acc_melanoma_red']:.1f} (drop {m['lesion']['drop_melanoma']:.1f}"
+                               f" +- {m['lesion']['sem_melanoma']:.1f} pts)",
+         m["lesion"]["drop_melanoma"] >= 10),
+    ]
+    crit = list(CRITERIA.values())
+    return pd.DataFrame([{"mode": r[0], "measured": r[1], "criterion": c, "shown": bool(r[2])}
+                         for r, c in zip(rows, crit)])

@@ -1,0 +1,55 @@
+"""Notebook 00 runs headless with tiny parameters and reports what the package measures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "00_sandbox_world.ipynb"
+WEIGHTS = REPO / "data" / "sandbox" / "sandbox.safetensors"
+
+
+def test_notebook_is_committed_clean_with_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert 'model_name = "sandbox"' in code[0].source
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+
+
+@pytest.mark.slow
+def test_notebook_00_runs_with_tiny_parameters(tmp_path):
+    if not WEIGHTS.is_file():
+        pytest.skip(f"the shipped sandbox weights are missing ({WEIGHTS.relative_to(REPO)}); "
+                    "train them with `python -m clipattr_utils.sandbox.train`")
+    import papermill as pm
+
+    out_dir = tmp_path / "run"
+    params = dict(n_zero_shot=48, n_per_group=12, n_per_word=2, n_lesion_train=80, n_lesion_test=12,
+                  show_per_class=3, out_dir=str(out_dir))
+    out_nb = tmp_path / "00.ipynb"
+    pm.execute_notebook(str(NOTEBOOK), str(out_nb), parameters=params, kernel_name="python3", cwd=str(REPO),
+                        progress_bar=False)
+    result = json.loads((out_dir / "sandbox_measurements.json").read_text())
+    m = result["measurements"]
+    assert result["model"] == "sandbox"
+    assert [r["mode"] for r in result["summary"]][0] == "zero-shot" and len(result["summary"]) == 6
+    assert m["zero_shot"]["n"] == 48 and m["lesion"]["n_train"] == 80
+
+    # The notebook's numbers are the package's numbers for the same parameters.
+    from clipattr_utils.models import load_clip
+    from clipattr_utils.sandbox import shortcuts
+
+    clip = load_clip("sandbox")
+    assert m["zero_shot"]["accuracy"] == pytest.approx(shortcuts.zero_shot(clip, n=48, seed=0).accuracy, abs=1e-9)
+    sp = shortcuts.spurious_background(clip, n_per_group=12, seed=0)
+    assert m["spurious"]["auc_spurious"] == pytest.approx(sp.auc_spurious, abs=1e-9)
+
+    # Figures were drawn: class gallery, five mode galleries, the confusion matrix.
+    nb = nbformat.read(out_nb, as_version=4)
+    pngs = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert pngs >= 7
