@@ -26,19 +26,18 @@ from clipattr_utils.sae import TopKSAE, TrainConfig
 from clipattr_utils.sae.train import _make_optimizer, _State, _step, main_loss
 
 
-def dense_mask_step(sae: TopKSAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> float:
+def dense_mask_step(sae: TopKSAE, opt, x: torch.Tensor) -> None:
     """The textbook step: scatter the top-k into a dense (N, d_sae) matrix, multiply by W_dec."""
     pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
     values, indices = F.relu(pre).topk(sae.k, dim=1)
     acts = torch.zeros_like(pre).scatter(1, indices, values)
     x_hat = acts @ sae.W_dec + sae.b_dec
     loss = main_loss(x, x_hat, "normalized")
-    opt.zero_grad(set_to_none=True)
+    opt.zero_grad()
     loss.backward()
     sae.project_decoder_grad_()
     opt.step()
     sae.normalize_decoder_()
-    return float(loss)
 
 
 def main() -> None:
@@ -50,6 +49,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--small", action="store_true", help="d_in=256, d_sae=4096, k=32, batch=1024")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--aux-dead", type=float, default=0.0,
+                    help="also time our step with AuxK on and this fraction of latents dead (e.g. 0.1)")
     args = ap.parse_args()
     if args.small:
         args.d_in, args.d_sae, args.k, args.batch = 256, 4096, 32, 1024
@@ -63,7 +64,7 @@ def main() -> None:
     def build():
         sae = TopKSAE(args.d_in, args.d_sae, args.k, generator=torch.Generator().manual_seed(1)).to(device)
         sae.init_bias_(x.mean(0))
-        return sae, _make_optimizer(sae, cfg, device)
+        return sae, _make_optimizer(sae, cfg)
 
     ours_sae, ours_opt = build()
     ours_state = _State(ours_sae, ours_opt, torch.zeros(args.d_sae, dtype=torch.int64, device=device))
@@ -82,6 +83,17 @@ def main() -> None:
         torch.addmm(gemm_sae.b_enc, x - gemm_sae.b_dec, gemm_sae.W_enc)
 
     runs = {"ours (sparse step)": ours, "dense-mask step": dense, "encoder GEMM alone": gemm}
+    if args.aux_dead > 0:
+        aux_sae, aux_opt = build()
+        aux_state = _State(aux_sae, aux_opt, torch.zeros(args.d_sae, dtype=torch.int64, device=device))
+        n_dead = int(args.aux_dead * args.d_sae)
+
+        def ours_aux() -> None:
+            aux_state.since_fired.zero_()
+            aux_state.since_fired[:n_dead] = 10**12  # these count as dead for this step
+            _step(aux_sae, aux_opt, aux_state, x, cfg, args.d_in // 2, 10**12, None)
+
+        runs[f"ours + AuxK, {args.aux_dead:.0%} dead"] = ours_aux
     times: dict[str, list[float]] = {name: [] for name in runs}
     for name, fn in runs.items():  # warm-up: allocator, optimizer state, MKL buffers
         fn()

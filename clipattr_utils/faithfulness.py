@@ -261,7 +261,8 @@ def evaluate(
         if unknown:
             raise ValueError(f"unknown methods {unknown}; known: {list(DEFAULT_METHODS)}")
         methods = {m: DEFAULT_METHODS[m] for m in methods}
-    xt = _as_tensor(x)
+    device = sae.W_dec.device
+    xt = _as_tensor(x).to(device)
     if xt.shape[1] != head.d_pre:
         raise ValueError(f"x must be (N, d_pre={head.d_pre}), got {tuple(xt.shape)}")
     if text.ndim != 2 or text.shape[1] != head.d_post:
@@ -271,12 +272,12 @@ def evaluate(
     if n < cfg.n_subsets:
         raise ValueError(f"need at least n_subsets={cfg.n_subsets} samples, got {n}")
     dtype = xt.dtype
-    text = text.to(dtype)
+    text = text.to(device, dtype)
     with torch.no_grad():
-        code = sae.encode(xt)
+        code = sae.encode(xt.to(sae.W_enc.dtype))
         code = EncoderOutput(code.indices, code.values.to(dtype))
-    prompts = text[torch.as_tensor(lab)]
-    lab_t = torch.as_tensor(lab)
+    lab_t = torch.as_tensor(lab, device=device)
+    prompts = text[lab_t]
     classes = np.unique(lab)
     if cfg.steps > sae.k and any(e.endswith("local") for e in cfg.experiments):
         raise ValueError(f"steps={cfg.steps} exceeds the k={sae.k} active latents per sample")
@@ -284,12 +285,14 @@ def evaluate(
 
     ref_x = ref_code = None
     if "deletion_random" in cfg.experiments:
-        pool = xt if reference_x is None else _as_tensor(reference_x).to(dtype)
+        pool = xt if reference_x is None else _as_tensor(reference_x).to(device, dtype)
+        if pool.shape[1] != head.d_pre:
+            raise ValueError(f"reference_x must be (N, d_pre={head.d_pre}), got {tuple(pool.shape)}")
         n_ref = min(cfg.n_random_ref, pool.shape[0])
         pick = np.sort(np.random.default_rng(cfg.seed).choice(pool.shape[0], n_ref, replace=False))
-        ref_x = pool[torch.as_tensor(pick)]
+        ref_x = pool[torch.as_tensor(pick, device=device)]
         with torch.no_grad():
-            rc = sae.encode(ref_x)
+            rc = sae.encode(ref_x.to(sae.W_enc.dtype))
         ref_code = EncoderOutput(rc.indices, rc.values.to(dtype))
 
     curves: dict[str, dict[str, np.ndarray]] = {e: {} for e in cfg.experiments}
@@ -298,10 +301,10 @@ def evaluate(
     for name, method in bar:
         bar.set_postfix_str(name)
         t0 = time.perf_counter()
-        local = torch.empty(n, S, dtype=torch.long)
-        glob = torch.empty(n, S, dtype=torch.long)
+        local = torch.empty(n, S, dtype=torch.long, device=device)
+        glob = torch.empty(n, S, dtype=torch.long, device=device)
         for c in classes:
-            rows = torch.as_tensor(np.flatnonzero(lab == c))
+            rows = torch.as_tensor(np.flatnonzero(lab == c), device=device)
             code_c = EncoderOutput(code.indices[rows], code.values[rows])
             attr = method(xt[rows], sae, head, text[int(c):int(c) + 1], code=code_c)
             if any(e.endswith("local") for e in cfg.experiments):

@@ -11,7 +11,9 @@ and timm towers are refused with the list of what is supported.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 import hashlib
 import os
 import threading
@@ -289,7 +291,8 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: st
             "meaningless for interpretation. Pass a pretrained tag or a checkpoint file.",
             RandomWeightsWarning, stacklevel=2,
         )
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device="cpu", **kwargs)
+    with _quiet_open_clip_init():
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device="cpu", **kwargs)
     visual = model.visual
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
         raise ValueError(f"{name} is not supported: the built image tower does not pool the class token")
@@ -298,6 +301,22 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: st
     model = model.to(device).eval()
     return LoadedCLIP(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(name),
                       head=Head.from_model(model).to(device), name=name, pretrained=source, device=device)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip_init():
+    """open_clip logs "initialized randomly" before we load weights ourselves; our own
+    RandomWeightsWarning covers the case where that is true."""
+    root = logging.getLogger()
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _load_weights(model: torch.nn.Module, checkpoint: str) -> None:

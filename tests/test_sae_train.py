@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,8 +53,7 @@ def dense_step_reference(params, opt, x, k, k_aux, dead, coef):
     pre = (x - b_dec) @ W_enc + b_enc
     val, idx = F.relu(pre).topk(k, dim=1)
     x_hat = torch.zeros_like(pre).scatter(1, idx, val) @ W_dec + b_dec
-    u, u_hat = x / x.norm(dim=1, keepdim=True), x_hat / x_hat.norm(dim=1, keepdim=True)
-    loss = ((u - u_hat) ** 2).sum(1).mean()  # App. A Eq. 10
+    loss = (((x - x_hat) ** 2).sum(1) / (x ** 2).sum(1)).mean()  # the default loss, "normalized"
     aval, aidx = F.relu(pre.masked_fill(~dead, float("-inf"))).topk(k_aux, dim=1)
     e = (x - x_hat).detach()
     e_hat = torch.zeros_like(pre).scatter(1, aidx, aval) @ W_dec
@@ -77,7 +75,7 @@ def test_training_step_matches_dense_reference():
     x = torch.randn(64, d, dtype=torch.float64) + 1.0
     sae.init_bias_(x.mean(0))
     cfg = TrainConfig(d_sae=s, k=k, lr=1e-2, auxk=True, device="cpu")
-    opt = _make_optimizer(sae, cfg, torch.device("cpu"))
+    opt = _make_optimizer(sae, cfg)
     state = _State(sae, opt, torch.zeros(s, dtype=torch.int64))
     state.since_fired[: s // 2] = 100  # half the latents count as dead (threshold 50)
     dead = state.since_fired >= 50
@@ -99,8 +97,12 @@ def test_training_step_matches_dense_reference():
 def test_losses_against_hand_computation():
     x = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     x_hat = torch.tensor([[0.0, 5.0], [2.0, 0.0]])
-    # normalized: rows (0.6, 0.8) vs (0, 1) -> 0.36 + 0.04; (1, 0) vs (1, 0) -> 0
-    assert float(main_loss(x, x_hat, "normalized")) == pytest.approx(0.2)
+    # eq10: rows (0.6, 0.8) vs (0, 1) -> 0.36 + 0.04; (1, 0) vs (1, 0) -> 0
+    assert float(main_loss(x, x_hat, "eq10")) == pytest.approx(0.2)
+    assert float(main_loss(x, 7 * x, "eq10")) == pytest.approx(0.0, abs=1e-12), "eq10 ignores the scale of x_hat"
+    # normalized: ||x - x_hat||^2 / ||x||^2 -> (9 + 1) / 25 and 1 / 1
+    assert float(main_loss(x, x_hat, "normalized")) == pytest.approx((0.4 + 1.0) / 2)
+    assert float(main_loss(x, 7 * x, "normalized")) == pytest.approx(36.0)
     assert float(main_loss(x, x_hat, "mse")) == pytest.approx((9 + 1 + 1) / 2)
     assert float(main_loss(x, x_hat, "fvu")) == pytest.approx(11 / (1 + 1 + 4 + 4))
     e = torch.tensor([[1.0, 0.0], [-1.0, 2.0]])
@@ -216,3 +218,30 @@ def test_input_errors():
         train(torch.zeros(10, 4), _small_cfg(), val_features=torch.zeros(3, 5), progress=False)
     with pytest.raises(TypeError, match="features must be"):
         train([[1.0]], _small_cfg(), progress=False)
+
+
+def test_sae_adamw_equals_plain_adamw_and_updates_in_place():
+    """The contiguous alias of W_enc is an implementation detail: same numbers as torch's AdamW."""
+    from clipattr_utils.sae.optim import SAEAdamW
+
+    a = TopKSAE(6, 20, 3, generator=torch.Generator().manual_seed(0))
+    b = TopKSAE(6, 20, 3, generator=torch.Generator().manual_seed(0))
+    assert a.W_enc.stride() == (1, 6)
+    ours = SAEAdamW(a, lr=1e-2, weight_decay=0.05)
+    plain = torch.optim.AdamW([b.W_enc, b.W_dec, b.b_enc, b.b_dec], lr=1e-2, weight_decay=0.05,
+                              foreach=False, fused=False)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        grads = [torch.randn(p.shape, generator=g) for p in (a.W_enc, a.W_dec, a.b_enc, a.b_dec)]
+        ours.zero_grad()
+        plain.zero_grad()
+        for p, q, gr in zip((a.W_enc, a.W_dec, a.b_enc, a.b_dec), (b.W_enc, b.W_dec, b.b_enc, b.b_dec), grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        ours.step()
+        plain.step()
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-6, atol=1e-7, msg=name)
+    assert a.W_enc.stride() == (1, 6), "the update happened in place, layout unchanged"
+    saved = ours.state_tensors()
+    assert saved["optim.W_enc.exp_avg"].shape == (6, 20)
+    torch.testing.assert_close(saved["optim.W_enc.exp_avg"], plain.state[b.W_enc]["exp_avg"], rtol=1e-6, atol=1e-7)

@@ -118,3 +118,12 @@ def test_measurements_depend_on_the_model(clip):
         rand = load_clip("sandbox", pretrained="random")
     assert shortcuts.zero_shot(rand, n=120, seed=5).accuracy < 0.4
     assert min(shortcuts.polysemy(rand, n_per_group=20, seed=5).auc_per_sprite.values()) < 0.9
+
+
+def test_markdown_report_quotes_the_record(record):
+    from clipattr_utils.sandbox import report
+
+    md = report.markdown()
+    assert f"top-1 {record['scores']['zero_shot']['accuracy']:.3f}" in md
+    assert record["command"] in md
+    assert "P(water | boat) = " in md

@@ -143,7 +143,8 @@ def test_text_watermark_and_tint_change_pixels_where_expected():
     rows = np.flatnonzero(changed.any(1))
     y0 = r["text_y"] * 64
     h = render.word_size("house", 256)[1] / 256 * r["text_px"] * 64
-    assert changed.sum() > 20 and rows.min() >= np.floor(y0) - 1 and rows.max() <= np.ceil(y0 + h) + 1
+    pad = 2  # the sign box around the lettering
+    assert changed.sum() > 20 and rows.min() >= np.floor(y0) - pad and rows.max() <= np.ceil(y0 + h) + pad
 
 
 def test_replace_and_subset_edit_attributes():
@@ -232,6 +233,11 @@ def test_typography_polysemy_and_incidental_rates(train_table):
     bats = t[t["object"] == sb.POLYSEMOUS_WORD]
     assert set(bats["sprite"]) == set(sb.POLYSEMOUS_SPRITES)
     assert _within_noise((bats["sprite"] == sb.POLYSEMOUS_SPRITES[0]).sum(), len(bats), 0.5)
+    w = world.COMPOUND_CLASS_WEIGHT
+    p_compound = w / (len(sb.CLASSNAMES) - 1 + w)
+    assert _within_noise((t["object"] == sb.COMPOUND_CLASS).sum(), len(t), p_compound)
+    assert _within_noise((t["object"] == sb.COMPOUND_HEAD).sum(), len(t), 1 / (len(sb.CLASSNAMES) - 1 + w))
+    assert w < 1  # the compound is rarer than its head word
     assert _within_noise(t["watermark"].sum(), len(t), sb.WATERMARK_RATE)
     assert _within_noise((t["tint"] > 0).sum(), len(t), sb.TINT_RATE)
     lo, hi = world.TINT_RANGE
@@ -241,6 +247,7 @@ def test_typography_polysemy_and_incidental_rates(train_table):
 def test_clean_split_has_no_planted_correlation():
     t = sb.make_dataset(3000, "test", seed=7).attributes
     assert (t["text"] == "").all() and not t["watermark"].any() and (t["tint"] == 0).all()
+    assert _within_noise((t["object"] == sb.COMPOUND_CLASS).sum(), len(t), 1 / len(sb.CLASSNAMES))
     boat = t[t["object"] == sb.SPURIOUS_CLASS]
     assert _within_noise((boat["background"] == sb.SPURIOUS_BACKGROUND).sum(), len(boat), 1 / len(sb.BACKGROUNDS))
     counts = t["background"].value_counts()

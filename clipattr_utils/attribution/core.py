@@ -20,6 +20,11 @@ What is materialised (documented because N=1000 x T=21,843 must fit a 24 GB mach
 * per (sample chunk, prompt chunk) temporaries of chunk_n x chunk_t x k;
 * the output: all of (N, T, k) by default; ``top_n=`` keeps (N, T, n); ``on_chunk=`` keeps
   nothing and hands each (chunk_n, chunk_t, k) block to a callback.
+
+Device and precision: everything runs on the SAE's device (``device=`` overrides), so a
+CUDA SAE computes on the GPU. No autocast: the scores are computed in ``dtype`` (default
+x's, float32 for feature caches), since bfloat16 would lose the 1e-5 agreement with autograd
+that the tests hold the closed form to.
 """
 
 from __future__ import annotations

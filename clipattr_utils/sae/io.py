@@ -106,7 +106,7 @@ def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revis
     if local.is_dir():
         return local
     text = str(path_or_repo)
-    if not _REPO_ID.match(text) or Path(text).parts[0] in (".", ".."):
+    if not _REPO_ID.match(text):
         raise FileNotFoundError(f"TopKSAE.load: {local} is not a folder (and {text!r} is not a Hugging Face repo id)")
     try:
         from huggingface_hub import snapshot_download
@@ -118,11 +118,13 @@ def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revis
     try:
         root = Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
     except Exception as err:  # network, auth, missing repo: keep the cause, say what was tried
-        raise FileNotFoundError(f"TopKSAE.load: {text!r} is not a local folder and downloading it from the "
-                                f"Hugging Face Hub failed ({type(err).__name__}: {err})") from err
+        raise FileNotFoundError(
+            f"TopKSAE.load: {text!r} is not a local folder (looked in {local.resolve()}) and downloading it "
+            f"from the Hugging Face Hub failed ({type(err).__name__}: {err})") from err
     folder = root / subfolder if subfolder else root
     if not (folder / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"TopKSAE.load: Hugging Face repo {text!r} has no {folder.relative_to(root) / WEIGHTS_NAME}")
+        missing = folder.relative_to(root) / WEIGHTS_NAME
+        raise FileNotFoundError(f"TopKSAE.load: Hugging Face repo {text!r} has no {missing}")
     return folder
 
 
@@ -142,7 +144,8 @@ def _architecture(cfg: dict, where: Path) -> dict:
     arch = cfg.get("architecture", "topk")
     if arch != "topk":
         raise ValueError(f"{where}: architecture {arch!r} is not a top-k SAE")
-    return {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": int(cfg["k"]), "relu": bool(cfg.get("relu", True))}
+    return {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": int(cfg["k"]),
+            "relu": bool(cfg.get("relu", True))}
 
 
 def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,

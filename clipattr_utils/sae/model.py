@@ -16,12 +16,15 @@ Two activation variants (``relu``):
 Storage layout: ``W_enc`` has shape (d_in, d_sae) but is stored latent-major (strides
 (1, d_in)), like ``W_dec``. The encoder GEMM runs at the same speed either way, and the
 sparse backward (``sparse.TopKEncode``) produces its gradient latent by latent, so this
-layout lets autograd take that gradient without a transposing copy.
+layout lets autograd take that gradient without a transposing copy (and `optim.SAEAdamW`
+updates it through a contiguous alias). ``W_enc.T`` is contiguous; shapes and values are
+the usual ones, so code that only reads the parameters need not care.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -186,7 +189,7 @@ class TopKSAE(nn.Module):
 
     # ------------------------------------------------------------------ save / load
 
-    def save(self, directory: str | os.PathLike, **meta: Any) -> "os.PathLike":
+    def save(self, directory: str | os.PathLike, **meta: Any) -> Path:
         """Write ``sae.safetensors`` + ``cfg.json`` into ``directory`` (see :mod:`.io`).
 
         Keyword arguments are merged into :attr:`meta` before writing (e.g. ``metrics=``).

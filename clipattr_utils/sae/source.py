@@ -40,7 +40,8 @@ class FeatureSource:
             self.cache = features
             self.n, self.d = int(features.n), int(features.d)
         else:
-            raise TypeError(f"{name} must be a torch.Tensor, numpy array or FeatureCache, got {type(features).__name__}")
+            raise TypeError(f"{name} must be a torch.Tensor, numpy array or FeatureCache, "
+                            f"got {type(features).__name__}")
         if self.n == 0:
             raise ValueError(f"{name} is empty (0 rows)")
 
@@ -71,7 +72,8 @@ class FeatureSource:
         """What the data is, for cfg.json and for refusing to resume on other data."""
         if self.cache is not None:
             meta = getattr(self.cache, "meta", {}) or {}
-            out = {"kind": "feature_cache", "key": getattr(self.cache, "key", meta.get("key")), "n": self.n, "d": self.d}
+            out = {"kind": "feature_cache", "key": getattr(self.cache, "key", meta.get("key")),
+                   "n": self.n, "d": self.d}
             for field in ("model", "layer", "image_set"):
                 if field in meta:
                     out[field] = meta[field]

@@ -6,14 +6,17 @@ should cost O(N * k * d_in), not O(N * d_sae * d_in):
 * **encode** (:class:`TopKEncode`): one GEMM for the pre-activations, top-k, and, when
   AuxK is on, a second top-k over the dead latents' columns only. Its backward never
   forms the dense (N, d_sae) gradient: dL/dW_enc is a sparse (d_sae, N) x dense (N, d_in)
-  product (CSR, one row per latent), dL/db_enc a scatter-add, and dL/db_dec a single
-  matrix-vector product.
-* **decode** (:func:`decode`): ``F.embedding_bag`` gathers the k active decoder rows and
-  weighs them by the activations; its backward scatters into the active rows only.
+  product (one bag of samples per latent, :func:`rows_scatter`), dL/db_enc a scatter-add,
+  and dL/db_dec a single matrix-vector product.
+* **decode** (:class:`SparseDecode`): ``F.embedding_bag`` gathers the k active decoder rows
+  and weighs them by the activations. Backward: dL/dW_dec is the same kind of sparse x
+  dense product, dL/dvalues one dot product per active latent (a sampled matrix product).
 
-A dense masked implementation (scatter the top-k into an (N, d_sae) matrix, multiply by
-W_dec) costs about five GEMMs of the encoder's size per step; this one costs one. The
-gradients are exactly those of that dense formulation (tests compare against autograd).
+Both backward passes group the N*k active entries by latent; that grouping (a
+:class:`CSRPlan`, one stable sort) is computed once per batch and shared. A dense masked
+implementation (scatter the top-k into an (N, d_sae) matrix, multiply by W_dec) costs about
+five GEMMs of the encoder's size per step; this one costs one. The gradients are exactly
+those of that dense formulation (tests compare against autograd).
 """
 
 from __future__ import annotations
@@ -21,8 +24,90 @@ from __future__ import annotations
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+class CSRPlan(NamedTuple):
+    """The (N, k) active entries grouped by latent: the structure of a (d_sae, N) CSR matrix."""
+
+    order: torch.Tensor
+    """(N*k,) positions into the flattened (N, k) code, stably sorted by latent id."""
+    cols: torch.Tensor
+    """(N*k,) sample index of each sorted entry."""
+    crow: torch.Tensor
+    """(d_sae + 1,) row pointers: latent j owns sorted entries crow[j]:crow[j+1]."""
+    n_rows: int
+    n_samples: int
+
+
+def csr_plan(indices: torch.Tensor, n_rows: int) -> CSRPlan:
+    """Group the entries of an (N, k) index matrix by latent (one stable sort)."""
+    n, k = indices.shape
+    flat = indices.reshape(-1)
+    if flat.device.type == "cpu":
+        # numpy's stable sort: torch's multi-threaded CPU sort is 10-30x slower than a
+        # single-threaded one on small core counts; int16 keys get a radix sort.
+        keys = flat.numpy().astype(np.int16 if n_rows <= np.iinfo(np.int16).max else np.int32)
+        order = torch.from_numpy(np.argsort(keys, kind="stable"))
+    else:
+        order = torch.argsort(flat, stable=True)
+    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=indices.device)
+    crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
+    return CSRPlan(order, torch.div(order, k, rounding_mode="floor"), crow, n_rows, n)
+
+
+def _csr(crow: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
+
+
+def rows_scatter(plan: CSRPlan, weights: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """G (d_sae, d) with G[j] = sum over entries (n, i) of latent j of weights[n, i] * dense[n].
+
+    The weight gradient of an embedding bag: a sparse (d_sae, N) x dense (N, d) product with
+    no (N, k, d) intermediate. It runs as an embedding bag *forward* with one bag per latent
+    (the plan's rows) over the rows of ``dense``, which is faster on CPU than a CSR matmul.
+    The stable sort fixes the summation order (deterministic).
+    """
+    vals = weights.reshape(-1)[plan.order].to(dense.dtype)
+    return F.embedding_bag(plan.cols, dense, plan.crow, per_sample_weights=vals, mode="sum", include_last_offset=True)
+
+
+def gather_dot(indices: torch.Tensor, rows: torch.Tensor, dense: torch.Tensor,
+               method: str | None = None) -> torch.Tensor:
+    """out[n, i] = rows[indices[n, i]] . dense[n]  ((N, k) from (d_sae, d) rows and (N, d)).
+
+    On CPU a sampled matrix product (dense @ rows^T evaluated only at the active entries);
+    elsewhere batched dot products over gathered rows, in chunks that bound the (chunk, k, d)
+    gather to ~256 MB. ``method`` ("sampled" or "bmm") overrides that choice.
+    """
+    n, k = indices.shape
+    method = method or ("sampled" if indices.device.type == "cpu" else "bmm")
+    if method not in ("sampled", "bmm"):
+        raise ValueError(f"gather_dot: method must be 'sampled' or 'bmm', got {method!r}")
+    if method == "bmm":
+        out = torch.empty(n, k, dtype=dense.dtype, device=dense.device)
+        step = max(1, (64 << 20) // max(1, k * rows.shape[1]))
+        for s in range(0, n, step):
+            out[s:s + step] = torch.bmm(rows[indices[s:s + step]], dense[s:s + step, :, None]).squeeze(2)
+        return out
+    crow = torch.arange(0, n * k + 1, k, device=indices.device)
+    pattern = _csr(crow, indices.reshape(-1), torch.zeros(n * k, dtype=dense.dtype, device=dense.device),
+                   (n, rows.shape[0]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        out = torch.sparse.sampled_addmm(pattern, dense, rows.t(), beta=0.0)
+    return out.values().reshape(n, k)
+
+
+class _PlanSlot:
+    """Carries the CSR plan of the top-k code from encode's forward to both backward passes."""
+
+    def __init__(self) -> None:
+        self.plan: CSRPlan | None = None
 
 
 class SparseCode(NamedTuple):
@@ -41,25 +126,8 @@ class SparseCode(NamedTuple):
     aux_values: torch.Tensor
     """(N, k_aux') their activations."""
 
-
-def _rows_scatter(indices: torch.Tensor, weights: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """G = S @ dense with S (n_rows, N) sparse, S[indices[n, i], n] += weights[n, i].
-
-    Row j of the result is sum over (n, i) with indices[n, i] == j of weights[n, i] * dense[n]:
-    the weight gradient of an embedding bag. Built as CSR (one row per latent) so the
-    product runs as a sparse-dense kernel without an (N, k, d) intermediate.
-    """
-    n, k = indices.shape
-    flat = indices.reshape(-1)
-    order = torch.argsort(flat, stable=True)  # stable: a fixed summation order -> deterministic
-    cols = torch.div(order, k, rounding_mode="floor")
-    vals = weights.reshape(-1)[order].to(dense.dtype)
-    crow = torch.zeros(n_rows + 1, dtype=torch.int64, device=indices.device)
-    crow[1:] = torch.bincount(flat, minlength=n_rows).cumsum(0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-        mat = torch.sparse_csr_tensor(crow, cols, vals, (n_rows, n), check_invariants=False)
-        return mat @ dense
+    plan: CSRPlan | None = None
+    """``indices`` grouped by latent; pass it to :func:`decode` to share the sort."""
 
 
 class TopKEncode(torch.autograd.Function):
@@ -71,7 +139,8 @@ class TopKEncode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, b_dec, k, relu, dead_mask, k_aux, compute_dtype, workspace):  # type: ignore[override]
+    def forward(ctx, x, W_enc, b_enc, b_dec, k, relu, dead_mask, k_aux, compute_dtype,  # type: ignore[override]
+                workspace, slot):
         xc = x.to(W_enc.dtype) - b_dec
         cd = compute_dtype if compute_dtype is not None else W_enc.dtype
         out = None
@@ -103,8 +172,10 @@ class TopKEncode(torch.autograd.Function):
         if relu:
             values = values.clamp_min(0)
             aux_values = aux_values.clamp_min(0)
+        # the grouping by latent serves both backward passes; inference never needs it
+        slot.plan = csr_plan(indices, W_enc.shape[1]) if any(ctx.needs_input_grad[:4]) else None
         ctx.relu = bool(relu)
-        ctx.d_sae = W_enc.shape[1]
+        ctx.slot = slot
         ctx.save_for_backward(xc, W_enc, indices, values, aux_indices, aux_values)
         ctx.mark_non_differentiable(indices, aux_indices)
         return indices, values, aux_indices, aux_values
@@ -112,35 +183,67 @@ class TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, _gi, g_values, _gai, g_aux):  # type: ignore[override]
         xc, W_enc, indices, values, aux_indices, aux_values = ctx.saved_tensors
-        parts_i, parts_g = [], []
+        d_sae = W_enc.shape[1]
+        parts = []
         for idx, val, g in ((indices, values, g_values), (aux_indices, aux_values, g_aux)):
             if g is None or idx.shape[1] == 0:
                 continue
             if ctx.relu:
                 g = g * (val > 0)  # ReLU'(pre) = 1 only where the kept value is positive
-            parts_i.append(idx)
-            parts_g.append(g)
+            parts.append((idx, g.to(W_enc.dtype)))
+        none = (None,) * 11
+        if not parts:
+            return none
         need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
         grad_x = grad_W = grad_be = grad_bd = None
-        if not parts_i:
-            return (None,) * 10
-        idx = torch.cat(parts_i, dim=1)
-        g = torch.cat(parts_g, dim=1).to(W_enc.dtype)
-        d_sae = ctx.d_sae
         if need_be or need_bd:
             # dL/db_enc[j] = sum of dL/dpre[n, j] over the batch
-            grad_be = torch.zeros(d_sae, dtype=W_enc.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+            grad_be = torch.zeros(d_sae, dtype=W_enc.dtype, device=xc.device)
+            for idx, g in parts:
+                grad_be.index_add_(0, idx.reshape(-1), g.reshape(-1))
         if need_W:
             # dL/dW_enc[:, j] = sum_n dL/dpre[n, j] xc[n]; computed as (d_sae, d_in), then
             # transposed: W_enc is stored latent-major, so the strides match without a copy.
-            grad_W = _rows_scatter(idx, g, xc, d_sae).t()
+            grad_T = None
+            for idx, g in parts:
+                plan = ctx.slot.plan if (idx is indices and ctx.slot.plan is not None) else csr_plan(idx, d_sae)
+                term = rows_scatter(plan, g, xc)
+                grad_T = term if grad_T is None else grad_T.add_(term)
+            grad_W = grad_T.t()
         if need_bd:
             # dL/dxc[n] = sum_i g[n, i] W_enc[:, idx[n, i]], and xc = x - b_dec, so
             # dL/db_dec = -sum_n dL/dxc[n] = -W_enc @ (dL/db_enc)
             grad_bd = -(W_enc @ grad_be)
         if need_x:
-            grad_x = F.embedding_bag(idx, W_enc.t(), per_sample_weights=g, mode="sum")
-        return grad_x, grad_W, (grad_be if need_be else None), grad_bd, None, None, None, None, None, None
+            grad_x = sum(F.embedding_bag(idx, W_enc.t(), per_sample_weights=g, mode="sum") for idx, g in parts)
+        return grad_x, grad_W, (grad_be if need_be else None), grad_bd, *none[4:]
+
+
+class SparseDecode(torch.autograd.Function):
+    """(indices, values, W_dec, bias) -> sum_i values[n, i] W_dec[indices[n, i]] + bias."""
+
+    @staticmethod
+    def forward(ctx, indices, values, W_dec, bias, plan):  # type: ignore[override]
+        out = F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+        if bias is not None:
+            out = out + bias
+        ctx.plan = plan
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(indices, values, W_dec)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        indices, values, W_dec = ctx.saved_tensors
+        _, need_v, need_W, need_b, _ = ctx.needs_input_grad
+        g = g.contiguous()
+        grad_v = gather_dot(indices, W_dec, g).to(values.dtype) if need_v else None  # dL/da = v_j . dL/dx_hat
+        grad_W = None
+        if need_W:
+            plan = ctx.plan if ctx.plan is not None else csr_plan(indices, W_dec.shape[0])
+            grad_W = rows_scatter(plan, values, g)  # dL/dv_j = sum over samples of a_j dL/dx_hat
+        grad_b = g.sum(0) if (need_b and ctx.has_bias) else None
+        return None, grad_v, grad_W, grad_b, None
 
 
 def topk_encode(
@@ -169,19 +272,22 @@ def topk_encode(
         workspace: optional (>= N, d_sae) buffer of ``compute_dtype`` for the
             pre-activations (overwritten; nothing refers to it after the call).
     """
-    return SparseCode(*TopKEncode.apply(x, W_enc, b_enc, b_dec, int(k), bool(relu), dead_mask, int(k_aux),
-                                        compute_dtype, workspace))
+    slot = _PlanSlot()
+    out = TopKEncode.apply(x, W_enc, b_enc, b_dec, int(k), bool(relu), dead_mask, int(k_aux), compute_dtype,
+                           workspace, slot)
+    return SparseCode(*out, plan=slot.plan)
 
 
-def decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_i values[n, i] W_dec[indices[n, i]] (+ bias) by gathering only the active rows (Eq. 1).
+def decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor, bias: torch.Tensor | None = None,
+           plan: CSRPlan | None = None) -> torch.Tensor:
+    """sum_i values[n, i] W_dec[indices[n, i]] (+ bias), gathering only the active rows (Eq. 1).
 
-    ``F.embedding_bag`` does the gather-and-weigh in one kernel; its backward returns the
-    gradient of the activations (one dot product per active latent) and scatters the
-    decoder gradient into the active rows.
+    ``plan`` (from :func:`topk_encode`) saves the backward its own sort of ``indices``.
     """
     if indices.shape[1] == 0:
         out = torch.zeros(indices.shape[0], W_dec.shape[1], dtype=W_dec.dtype, device=W_dec.device)
-    else:
-        out = F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
-    return out if bias is None else out + bias
+        return out if bias is None else out + bias
+    if plan is not None and (plan.n_samples != indices.shape[0] or plan.n_rows != W_dec.shape[0]):
+        raise ValueError(f"decode: plan is for ({plan.n_samples}, {plan.n_rows}), got indices {tuple(indices.shape)} "
+                         f"and W_dec {tuple(W_dec.shape)}")
+    return SparseDecode.apply(indices, values, W_dec, bias, plan)

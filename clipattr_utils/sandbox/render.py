@@ -181,20 +181,23 @@ def render_background(kind: str, size: int, rng: np.random.Generator) -> np.ndar
         base = rng.uniform(120, 235, 3)
         img = np.broadcast_to(base, (size, size, 3)).copy()
     elif kind == "stripes":
-        c1, c2 = rng.uniform(90, 240, 3), rng.uniform(90, 240, 3)
+        # Two close tones: a texture, not a second object competing with the sprite.
+        c1 = rng.uniform(110, 225, 3)
+        c2 = np.clip(c1 + rng.choice([-1, 1]) * rng.uniform(25, 50), 60, 255)
         angle = rng.choice([0.0, 45.0, 90.0, 135.0]) * math.pi / 180
         period = rng.uniform(size / 10, size / 5)
         phase = (xx * math.cos(angle) + yy * math.sin(angle)) / period
         mask = (np.floor(phase) % 2 == 0)[..., None]
         img = np.where(mask, c1, c2)
     elif kind == "checker":
-        c1, c2 = rng.uniform(90, 240, 3), rng.uniform(90, 240, 3)
+        c1 = rng.uniform(110, 225, 3)
+        c2 = np.clip(c1 + rng.choice([-1, 1]) * rng.uniform(25, 50), 60, 255)
         cell = rng.uniform(size / 10, size / 5)
         mask = ((np.floor(xx / cell) + np.floor(yy / cell)) % 2 == 0)[..., None]
         img = np.where(mask, c1, c2)
     elif kind == "noise":
         base = rng.uniform(100, 200, 3)
-        img = base + rng.normal(0, 40, (size, size, 3))
+        img = base + rng.normal(0, 22, (size, size, 3))
     elif kind == "grass":
         base = np.array([70, 140, 50]) * rng.uniform(0.8, 1.15)
         img = base * (0.75 + 0.5 * _lowfreq_noise(rng, size, 5))[..., None]
@@ -285,15 +288,19 @@ def draw_sprite(canvas: Image.Image, sprite: str, rgb: Sequence[int], cx: float,
 
 
 def draw_word(canvas: Image.Image, word: str, x: float, y: float, px: int, dark: bool) -> None:
-    """Draw `word` with its top-left at (x, y), font size `px`, black-on-white-halo or reverse."""
-    fill, stroke = ((10, 10, 10), (250, 250, 250)) if dark else ((250, 250, 250), (10, 10, 10))
-    ImageDraw.Draw(canvas).text((x, y), word, font=font(px), fill=fill,
-                                stroke_width=max(1, px // 10), stroke_fill=stroke)
+    """Draw `word` as a sign: a light (or dark) box with dark (or light) lettering, top-left
+    at (x, y), font size `px`. The box keeps the word legible on any background."""
+    fill, box = ((10, 10, 10), (245, 245, 240)) if dark else ((250, 250, 250), (25, 25, 30))
+    w, h = word_size(word, px)
+    pad = max(1, px // 8)
+    ImageDraw.Draw(canvas).rectangle([x - pad, y - pad, x + w + pad, y + h + pad], fill=box)
+    ImageDraw.Draw(canvas).text((x, y), word, font=font(px), fill=fill)
 
 
 def word_size(word: str, px: int) -> tuple[int, int]:
-    """(width, height) in pixels of `word` drawn by `draw_word` at font size `px`."""
-    x0, y0, x1, y1 = font(px).getbbox(word, stroke_width=max(1, px // 10))
+    """(width, height) in pixels of the lettering of `word` at font size `px` (the box of
+    `draw_word` adds px // 8 on every side)."""
+    x0, y0, x1, y1 = font(px).getbbox(word)
     return int(x1), int(y1)
 
 

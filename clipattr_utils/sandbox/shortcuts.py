@@ -90,6 +90,30 @@ def zero_shot(clip, n: int = 600, seed: int = 0, clean: bool = True, template: s
     return ZeroShot(float((pred == y).mean()), per_class, conf, int(n))
 
 
+class BackgroundZeroShot(NamedTuple):
+    accuracy: float
+    """Top-1 over `BACKGROUNDS` with class-averaged prompts "a photo of a {class} on {background}"."""
+    per_background: dict
+    n: int
+
+
+def background_zero_shot(clip, n: int = 240, seed: int = 0) -> BackgroundZeroShot:
+    """Can the model name the background? Only a model trained on captions that name it
+    (the labeler, ``--captions full``) should; the alt-text model never saw the words."""
+    from .captions import BACKGROUND_PHRASES
+
+    ds = make_dataset(n, EVAL_SPLIT, seed, clean=True)
+    img = image_embeddings(clip, ds)
+    protos = []
+    for b in BACKGROUNDS:
+        t = text_embeddings(clip, [f"a photo of a {c} on {BACKGROUND_PHRASES[b]}" for c in CLASSNAMES])
+        protos.append(torch.nn.functional.normalize(t.mean(0), dim=0))
+    pred = (img @ torch.stack(protos).T).argmax(1).numpy()
+    truth = np.asarray([BACKGROUNDS.index(b) for b in ds.attributes["background"]])
+    per = {b: float((pred[truth == k] == k).mean()) for k, b in enumerate(BACKGROUNDS) if (truth == k).any()}
+    return BackgroundZeroShot(float((pred == truth).mean()), per, int(n))
+
+
 class Spurious(NamedTuple):
     auc_spurious: float
     """AUROC of the class prompt: class images vs non-class images on the spurious background."""
@@ -261,6 +285,8 @@ def measure_all(clip, seed: int = 0, n_zero_shot: int = 600, n_per_group: int = 
         "polysemy": polysemy(clip, n_per_group=max(2, n_per_group // 2), seed=seed)._asdict(),
         "compound": compound_noun(clip, n_per_group=max(2, n_per_group // 2), seed=seed)._asdict(),
         "lesion": lesion_red_hue(clip, n_train=n_lesion_train, n_test_per_class=n_lesion_test, seed=seed)._asdict(),
+        "background_zero_shot": background_zero_shot(clip, n=max(len(BACKGROUNDS), n_zero_shot // 2),
+                                                     seed=seed)._asdict(),
     }
 
 

@@ -47,15 +47,15 @@ class TrainConfig:
     name: str = "sandbox"
     """open_clip model name (= file stem)."""
     seed: int = 0
-    n_objects: int = 24000
+    n_objects: int = 36000
     """Object-world training images (split "train")."""
     n_lesions: int = 4000
     """Lesion-world training images (split "train")."""
     epochs: float = 6.0
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.1
-    warmup_steps: int = 150
+    warmup_steps: int = 100
     max_steps: int | None = None
     """Stop after this many steps (smoke tests); None = epochs * steps per epoch."""
     shift: int = 2
@@ -168,6 +168,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         raise ValueError(f"need n_objects >= 1, n_lesions >= 0, batch_size >= 2 (got {cfg.n_objects}, "
                          f"{cfg.n_lesions}, {cfg.batch_size})")
     t_start = time.time()
+    cpu_start = time.process_time()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
@@ -278,7 +279,8 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         "weights_bytes": weights_path.stat().st_size,
         "n_parameters": int(sum(p.numel() for p in model.parameters())),
         "time_s": {"data": round(t_data, 1), "train": round(t_train, 1), "eval": round(t_eval, 1),
-                   "total": round(time.time() - t_start, 1)},
+                   "total": round(time.time() - t_start, 1),
+                   "cpu_process_total": round(time.process_time() - cpu_start, 1)},
         "machine": {"device": str(device), "torch_threads": torch.get_num_threads(),
                     "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__, "open_clip": open_clip.__version__},

@@ -17,14 +17,15 @@ Planted failure modes in the *training* distribution (the paper's Sec. 5.3 / App
     are neutral (`NEUTRAL_WORDS`); the caption mentions the word ("with the word 'X'").
 (c) polysemy: `POLYSEMOUS_WORD` captions two unrelated sprites (`POLYSEMOUS_SPRITES`), 50/50.
 (d) compound noun: `COMPOUND_CLASS` ("fire truck") is a class whose first word,
-    `COMPOUND_HEAD` ("fire"), is a class of its own.
+    `COMPOUND_HEAD` ("fire"), is a class of its own; the compound is drawn with relative
+    weight `COMPOUND_CLASS_WEIGHT` (rarer than its head word) and in fire colours.
 (e) lesion red hue: `LESION_TINT_RATE[d]` of the images of diagnosis d carry the red tint.
 
 The test split is drawn *clean* by default (uniform backgrounds, no words, no watermark, no
 tint); ``clean=False`` draws it from the training distribution instead.
 
 Every image is a pure function of (seed, split, index): its attribute record is sampled
-from ``SeedSequence([seed, split, index])`` and rendered from that record, so nothing big is
+from ``SeedSequence([seed, split, index, world])`` and rendered from that record, so nothing big is
 stored, and any record (also an edited one, see `SandboxImageSet.replace`) renders anywhere.
 """
 
@@ -50,19 +51,22 @@ LESION_CLASSNAMES: tuple[str, ...] = ("nevus", "melanoma")
 # (a) spurious background
 SPURIOUS_CLASS = "boat"
 SPURIOUS_BACKGROUND = "water"
-SPURIOUS_RATE = 0.9
-SPURIOUS_BACKGROUND_OTHER_RATE = 0.02
+SPURIOUS_RATE = 0.95
+SPURIOUS_BACKGROUND_OTHER_RATE = 0.01
 # (b) visual typography
-TEXT_RATE = 0.3
-TEXT_OTHER_CLASS_SHARE = 0.85
+TEXT_RATE = 0.35
+TEXT_OTHER_CLASS_SHARE = 0.9
 NEUTRAL_WORDS: tuple[str, ...] = ("sale", "open", "hello", "stop", "menu", "taxi")
 TYPO_WORDS: tuple[str, ...] = tuple(c for c in CLASSNAMES if " " not in c)
 # (c) polysemy
 POLYSEMOUS_WORD = "bat"
 POLYSEMOUS_SPRITES: tuple[str, ...] = CLASS_SPRITES[POLYSEMOUS_WORD]
-# (d) compound noun
+# (d) compound noun. The compound class is rarer than the others in training (relative
+# weight COMPOUND_CLASS_WEIGHT; uniform = 1), as compounds are rarer than their head word
+# on the web, and fire trucks come in fire colours.
 COMPOUND_CLASS = "fire truck"
 COMPOUND_HEAD = "fire"
+COMPOUND_CLASS_WEIGHT = 0.4
 # incidental, never captioned, uncorrelated with the class
 WATERMARK_RATE = 0.1
 TINT_RATE = 0.05
@@ -71,8 +75,9 @@ TINT_RANGE = (0.25, 0.45)
 MELANOMA_RATE = 0.5
 LESION_TINT_RATE: dict[str, float] = {"nevus": 0.5, "melanoma": 0.05}
 
-# Fire is drawn in fire colours only; everything else in any colour.
-CLASS_COLOURS: dict[str, tuple[str, ...]] = {"fire": ("red", "orange", "yellow")}
+# Fire and fire trucks are drawn in fire colours only; everything else in any colour.
+CLASS_COLOURS: dict[str, tuple[str, ...]] = {"fire": ("red", "orange", "yellow"),
+                                             "fire truck": ("red", "orange", "yellow")}
 
 SPLITS = {"train": 0, "test": 1, "val": 2}
 
@@ -87,6 +92,7 @@ LESION_FIELDS = ("diagnosis", "label", "skin", "atypia", "radius", "irregularity
 class ObjectRecipe:
     """Rates of the object world's planted modes; `clean()` turns every one of them off."""
 
+    compound_class_weight: float = COMPOUND_CLASS_WEIGHT
     spurious_rate: float = SPURIOUS_RATE
     spurious_background_other_rate: float = SPURIOUS_BACKGROUND_OTHER_RATE
     text_rate: float = TEXT_RATE
@@ -98,7 +104,7 @@ class ObjectRecipe:
     def clean(cls) -> "ObjectRecipe":
         # Clean: every background equally likely for every class (rate 1/len(BACKGROUNDS)).
         uniform = 1.0 / len(BACKGROUNDS)
-        return cls(spurious_rate=uniform, spurious_background_other_rate=uniform, text_rate=0.0,
+        return cls(compound_class_weight=1.0, spurious_rate=uniform, spurious_background_other_rate=uniform, text_rate=0.0,
                    watermark_rate=0.0, tint_rate=0.0)
 
 
@@ -129,7 +135,8 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
                          tint: float | None = None, watermark: bool | None = None,
                          sprite: str | None = None) -> dict:
     """One object-world attribute record (plus its caption). Overrides fix an attribute."""
-    obj = objects[int(rng.integers(len(objects)))]
+    w = np.array([recipe.compound_class_weight if o == COMPOUND_CLASS else 1.0 for o in objects])
+    obj = objects[int(rng.choice(len(objects), p=w / w.sum()))]
     sprites = CLASS_SPRITES[obj] if sprite is None else (sprite,)
     spr = sprites[int(rng.integers(len(sprites)))]
     palette = CLASS_COLOURS.get(obj, tuple(COLOURS))
@@ -152,18 +159,19 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
         word = pool[int(rng.integers(len(pool)))]
     if text is not None:
         word = text
-    scale = float(rng.uniform(0.26, 0.36))
+    scale = float(rng.uniform(0.28, 0.38))
     angle = float(rng.uniform(-20, 20)) + (-45.0 if spr == "bat_club" else 0.0)
-    text_px = float(rng.uniform(0.17, 0.21))
+    text_px = float(rng.uniform(0.2, 0.24))
     text_dark = bool(rng.random() < 0.5)
     text_top = bool(rng.random() < 0.5)
     cx = float(rng.uniform(0.5 - (0.5 - scale) * 0.8, 0.5 + (0.5 - scale) * 0.8))
     if word:
         # Words live in a band at the top or bottom; the sprite moves to the other side.
         w, h = word_size(word, 256)
+        pad = 0.02  # the sign's padding, as a fraction of the image
         w_frac, h_frac = w / 256 * text_px, h / 256 * text_px
-        text_x = float(rng.uniform(0.02, max(0.03, 0.98 - w_frac)))
-        text_y = 0.01 if text_top else 0.99 - h_frac
+        text_x = float(rng.uniform(pad, max(pad + 0.01, 1 - pad - w_frac)))
+        text_y = pad if text_top else 1 - pad - h_frac
         lo, hi = (0.5, 1 - 0.85 * scale) if text_top else (0.85 * scale, 0.5)
         cy = float(rng.uniform(min(lo, hi), max(lo, hi)))
     else:
@@ -419,7 +427,9 @@ def planted_modes_table() -> pd.DataFrame:
         ("(c) polysemy", f"'{POLYSEMOUS_WORD}' captions sprites {', '.join(POLYSEMOUS_SPRITES)}",
          "each sprite 1/2 of the class"),
         ("(d) compound noun", f"class '{COMPOUND_CLASS}' vs class '{COMPOUND_HEAD}'",
-         f"each 1/{len(CLASSNAMES)} of the images"),
+         f"'{COMPOUND_CLASS}' drawn with relative weight {COMPOUND_CLASS_WEIGHT} "
+         f"(P = {COMPOUND_CLASS_WEIGHT / (len(CLASSNAMES) - 1 + COMPOUND_CLASS_WEIGHT):.3f}), "
+         f"other classes 1 each"),
         ("(e) lesion red hue", "red/pink tint, never captioned",
          f"P(tint | nevus) = {LESION_TINT_RATE['nevus']}, P(tint | melanoma) = {LESION_TINT_RATE['melanoma']}"),
         ("incidental", "corner watermark / red tint on objects, never captioned, class-independent",

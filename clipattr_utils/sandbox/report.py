@@ -1,0 +1,79 @@
+"""Markdown summary of the shipped sandbox models' training records (for README / RESULTS).
+
+    python -m clipattr_utils.sandbox.report > benchmarks/results/sandbox.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import world
+from .clip import default_dir
+from .shortcuts import CRITERIA, summary
+
+
+def _rates_table() -> str:
+    t = world.planted_modes_table()
+    lines = ["| mode | what | rate (training split) |", "|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['what']} | {r['rate (training split)']} |" for _, r in t.iterrows()]
+    return "\n".join(lines)
+
+
+def _model_section(rec: dict, title: str) -> str:
+    s = rec["scores"]
+    t = rec["time_s"]
+    cfg = rec["model_config"]
+    v, tx = cfg["vision_cfg"], cfg["text_cfg"]
+    out = [f"### {title}", "",
+           f"- command: `{rec['command']}` (seed {rec['seed']})",
+           f"- architecture: ViT {v['image_size']}px / patch {v['patch_size']}, width {v['width']}, "
+           f"{v['layers']} layers; text width {tx['width']}, {tx['layers']} layers, context {tx['context_length']}; "
+           f"embed {cfg['embed_dim']}; {rec['n_parameters'] / 1e6:.2f} M parameters, "
+           f"{rec['weights_bytes'] / 2**20:.1f} MiB ({rec['storage_dtype']})",
+           f"- data: {rec['data']['objects']['n']} object images + "
+           f"{(rec['data']['lesions'] or {}).get('n', 0)} lesion images, {rec['train_config']['captions']} captions, "
+           f"{rec['steps']} steps of batch {rec['train_config']['batch_size']}",
+           f"- time: {t['train'] / 60:.1f} min training + {t['data'] / 60:.1f} min rendering "
+           f"(wall clock, {rec['machine']['torch_threads']} torch thread(s), {rec['machine']['device']}; "
+           f"process CPU time {t.get('cpu_process_total', float('nan')) / 60:.1f} min)",
+           ""]
+    if s:
+        table = summary(s)
+        out += ["| mode | measured | criterion | shown |", "|---|---|---|---|"]
+        out += [f"| {r['mode']} | {r['measured']} | {r['criterion']} | {'yes' if r['shown'] else 'no'} |"
+                for _, r in table.iterrows()]
+        if "background_zero_shot" in s:
+            out += ["", f"Background named zero-shot (8 backgrounds, chance 0.125): "
+                        f"{s['background_zero_shot']['accuracy']:.3f}"]
+        zs = s["zero_shot"]["per_class"]
+        out += ["", "Zero-shot top-1 per class: " + ", ".join(f"{k} {v:.2f}" for k, v in zs.items())]
+    return "\n".join(out)
+
+
+def markdown(directory: Path | None = None) -> str:
+    directory = default_dir() if directory is None else Path(directory)
+    parts = ["## Sandbox world and sandbox CLIP", "",
+             "Measured on a 2-core CPU (AMD EPYC, no GPU), shared with other jobs while training; "
+             "all scores on held-out rendered images (`clipattr_utils.sandbox.shortcuts.measure_all`, "
+             "seed 0, prompt \"a photo of a {class}\").", "",
+             "Planted failure modes (constants in `clipattr_utils/sandbox/world.py`):", "", _rates_table(), "",
+             "Criteria (issue 3, \"Done when\"): " + "; ".join(f"{k}: {v}" for k, v in CRITERIA.items()), ""]
+    for name, title in (("sandbox", "`sandbox` (the explained model)"),
+                        ("sandbox-labeler", "`sandbox-labeler` (the labeling model)")):
+        path = directory / f"{name}.record.json"
+        if path.is_file():
+            parts += [_model_section(json.loads(path.read_text()), title), ""]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m clipattr_utils.sandbox.report")
+    p.add_argument("--dir", default=None, help="folder with <name>.record.json (default: data/sandbox)")
+    a = p.parse_args(argv)
+    print(markdown(None if a.dir is None else Path(a.dir)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""notebooks/01_sae_training.ipynb runs headless (papermill) with tiny parameters on the sandbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from clipattr_utils.sae import TopKSAE
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "notebooks" / "01_sae_training.ipynb"
+
+
+def _sandbox_files() -> tuple[Path, Path]:
+    from clipattr_utils.models import LOCAL_MODELS
+
+    config = LOCAL_MODELS["sandbox"]
+    return config, config.with_suffix(".safetensors")
+
+
+def test_notebook_is_committed_clean_with_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged `parameters`"
+    assert 'model = "sandbox"' in code[0].source and 'dataset = "sandbox"' in code[0].source
+    for cell in code:
+        assert not cell.get("outputs") and cell.get("execution_count") is None, "commit without outputs"
+
+
+def test_notebook_runs_on_sandbox(tmp_path):
+    config, weights = _sandbox_files()
+    if not weights.is_file():
+        pytest.skip(f"sandbox CLIP weights missing ({weights.relative_to(REPO)}); "
+                    "they are built by `python -m clipattr_utils.sandbox.train`")
+    import papermill as pm
+
+    out = tmp_path / "out"
+    n_train, n_val, epochs = 400, 150, 4
+    pm.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "01.ipynb"), kernel_name="python3", cwd=str(REPO), progress_bar=False,
+        parameters=dict(n_train=n_train, n_val=n_val, d_sae=256, k=8, epochs=epochs, batch_size=100,
+                        cache_dir=str(tmp_path / "features"), out_dir=str(out), num_threads=1),
+    )
+    d_pre = json.loads(config.read_text())["vision_cfg"]["width"]
+    sae = TopKSAE.load(out / "sae", d_in=d_pre)
+    assert (sae.d_sae, sae.k) == (256, 8)
+    trained_on = sae.meta["trained_on"]
+    caches = {json.loads(p.read_text())["key"]: json.loads(p.read_text())["n"]
+              for p in (tmp_path / "features").glob("*/meta.json")}
+    assert trained_on["kind"] == "feature_cache" and caches.get(trained_on["key"]) == n_train
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"held-out", "train", "held-out, without AuxK"}
+    assert metrics["held-out"]["n"] == n_val and metrics["train"]["n"] == n_train
+    assert 0 < metrics["held-out"]["fvu"] < 0.9, "a few epochs must already beat the mean predictor clearly"
+    assert metrics["held-out"]["l0"] <= 8
+    assert sae.meta["val_metrics"]["fvu"] == pytest.approx(metrics["held-out"]["fvu"])
+
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == epochs and len(state["steps"]) == epochs * 4  # 400 rows / batch 100
+    assert (out / "training_curves.png").stat().st_size > 10_000
