@@ -78,9 +78,12 @@ def main() -> None:
     def dense() -> None:
         dense_mask_step(dense_sae, dense_opt, x)
 
+    gemm_out = torch.empty(args.batch, args.d_sae, device=device)
+
     @torch.no_grad()
     def gemm() -> None:
-        torch.addmm(gemm_sae.b_enc, x - gemm_sae.b_dec, gemm_sae.W_enc)
+        # into a preallocated buffer, as in our step: the GEMM's own cost, no page faults
+        torch.addmm(gemm_sae.b_enc, x - gemm_sae.b_dec, gemm_sae.W_enc, out=gemm_out)
 
     runs = {"ours (sparse step)": ours, "dense-mask step": dense, "encoder GEMM alone": gemm}
     if args.aux_dead > 0:

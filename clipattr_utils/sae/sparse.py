@@ -226,7 +226,7 @@ class SparseDecode(torch.autograd.Function):
     def forward(ctx, indices, values, W_dec, bias, plan):  # type: ignore[override]
         out = F.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
         if bias is not None:
-            out = out + bias
+            out.add_(bias)  # our own fresh tensor: no copy needed
         ctx.plan = plan
         ctx.has_bias = bias is not None
         ctx.save_for_backward(indices, values, W_dec)
