@@ -25,6 +25,8 @@ test: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/sae_step.py
+	$(BIN)/python benchmarks/attribution.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
