@@ -14,7 +14,7 @@ Accuracy: max |R_closed - R_autograd| / max |R_autograd| on the timed prompts (f
 both), and both against a float64 autograd reference on a subset of samples.
 
     python benchmarks/attribution.py                      # full size, prints a markdown section
-    python benchmarks/attribution.py --streaming --out benchmarks/results/attribution.md
+    python benchmarks/attribution.py --streaming --out benchmarks/RESULTS.md (its attribution section)
     python benchmarks/attribution.py --n 256 --t 100 --d-sae 4000   # quick look
 """
 

@@ -6,7 +6,7 @@ Goal (issue 4): at d_in=768, d_sae=30000, k=64, batch 4096, our full training st
 and <= 1.5x the time of the encoder GEMM alone (the one dense product a top-k SAE cannot avoid).
 
 The three are timed interleaved (A, B, C, A, B, C, ...) so background load hits all alike;
-the medians and their ratios are printed, plus a markdown table for benchmarks/results/sae.md.
+the medians and their ratios are printed, plus a markdown table for benchmarks/RESULTS.md.
 
     python benchmarks/sae_step.py            # full size (about 2 minutes on a 2-core CPU)
     python benchmarks/sae_step.py --small    # d_in=256, d_sae=4096, k=32, batch 1024

@@ -147,6 +147,19 @@ def test_text_watermark_and_tint_change_pixels_where_expected():
     assert changed.sum() > 20 and rows.min() >= np.floor(y0) - pad and rows.max() <= np.ceil(y0 + h) + pad
 
 
+def test_compound_companion_is_a_small_flame_beside_the_truck():
+    t = sb.make_dataset(200, "train", seed=1, objects=[sb.COMPOUND_CLASS])
+    a = t.attributes
+    i = int(a.index[a["companion"] != ""][0])
+    rec = a.iloc[i].to_dict()
+    with_flame = np.asarray(t.load_image(i), dtype=np.int16)
+    without = np.asarray(render.render_object({**rec, "companion": ""}), dtype=np.int16)
+    ys, xs = np.nonzero(np.abs(with_flame - without).sum(-1) > 30)
+    assert len(ys) > 15
+    r = rec["companion_scale"] * 64 + 2
+    assert np.all(np.abs(xs - rec["companion_cx"] * 64) <= r) and np.all(np.abs(ys - rec["companion_cy"] * 64) <= r)
+
+
 def test_replace_and_subset_edit_attributes():
     ds = sb.make_dataset(6, "train", seed=2)
     red = ds.replace(tint=0.3)
@@ -180,23 +193,33 @@ def test_bad_input_is_named(call, match):
 
 def test_caption_rules(train_table):
     t = train_table
-    forbidden = set(sb.BACKGROUNDS) | {"background", "watermark", "tint", "hue", "pink"}
+    forbidden = set(sb.BACKGROUNDS) | {"background", "watermark", "tint", "hue", "pink", "flame"}
+    transcriptions = 0
     for _, r in t.iterrows():
         c = r["caption"]
-        assert r["object"] in c
-        words = set(re.findall(r"[a-z]+", c.replace(f"'{r['text']}'", "") if r["text"] else c))
+        word = r["text"]
+        words = set(re.findall(r"[a-z]+", c.replace(f"'{word}'", "") if word else c))
         assert not words & forbidden, c
-        if r["text"]:
-            assert f"with the word '{r['text']}'" in c
+        if word and c in {tpl.format(word=word) for tpl in cap.WORD_ONLY_TEMPLATES}:
+            transcriptions += 1  # alt-text transcribing the sign only
+            continue
+        assert r["object"] in c, c
+        if word:
+            assert f"with the word '{word}'" in c
         else:
             assert "word" not in c and "'" not in c
+        # The compound's uncaptioned flame: "fire" only ever appears inside "fire truck".
+        if r["object"] == sb.COMPOUND_CLASS and word != "fire":
+            assert "fire" not in c.replace("fire truck", ""), c
+    has_word = (t["text"] != "").sum()
+    assert _within_noise(transcriptions, has_word, world.WORD_ONLY_CAPTION_RATE)
     # The spurious class is never captioned with its background.
     spur = t[t["object"] == sb.SPURIOUS_CLASS]
     assert not spur["caption"].str.contains(sb.SPURIOUS_BACKGROUND).any()
-    # Colour is named at the documented rate.
-    named = sum(bool(re.search(rf"\b{r['colour']}\b", r["caption"].split(" with the word")[0])) for _, r in t.iterrows())
-    assert _within_noise(named, len(t), cap.COLOUR_CAPTION_RATE)
-    # A handful of templates, all used.
+    # Colour is named at the documented rate (among captions that name the object).
+    named = [bool(re.search(rf"\b{r['colour']}\b", r["caption"].split(" with the word")[0]))
+             for _, r in t.iterrows() if r["object"] in r["caption"]]
+    assert _within_noise(sum(named), len(named), cap.COLOUR_CAPTION_RATE)
     assert len(cap.OBJECT_TEMPLATES) >= 4
 
 
@@ -233,6 +256,10 @@ def test_typography_polysemy_and_incidental_rates(train_table):
     bats = t[t["object"] == sb.POLYSEMOUS_WORD]
     assert set(bats["sprite"]) == set(sb.POLYSEMOUS_SPRITES)
     assert _within_noise((bats["sprite"] == sb.POLYSEMOUS_SPRITES[0]).sum(), len(bats), 0.5)
+    trucks = t[t["object"] == sb.COMPOUND_CLASS]
+    assert _within_noise((trucks["companion"] != "").sum(), len(trucks), world.COMPOUND_COMPANION_RATE)
+    assert (t.loc[t["object"] != sb.COMPOUND_CLASS, "companion"] == "").all()
+    assert set(trucks["companion"]) == {"", "fire"}
     w = world.COMPOUND_CLASS_WEIGHT
     p_compound = w / (len(sb.CLASSNAMES) - 1 + w)
     assert _within_noise((t["object"] == sb.COMPOUND_CLASS).sum(), len(t), p_compound)
@@ -247,6 +274,7 @@ def test_typography_polysemy_and_incidental_rates(train_table):
 def test_clean_split_has_no_planted_correlation():
     t = sb.make_dataset(3000, "test", seed=7).attributes
     assert (t["text"] == "").all() and not t["watermark"].any() and (t["tint"] == 0).all()
+    assert (t["companion"] == "").all()
     assert _within_noise((t["object"] == sb.COMPOUND_CLASS).sum(), len(t), 1 / len(sb.CLASSNAMES))
     boat = t[t["object"] == sb.SPURIOUS_CLASS]
     assert _within_noise((boat["background"] == sb.SPURIOUS_BACKGROUND).sum(), len(boat), 1 / len(sb.BACKGROUNDS))

@@ -1,9 +1,12 @@
 """Alt-text-like captions generated from an image's attribute record.
 
 Rules (tests check each one):
-- a caption always names the object class (for lesions: the diagnosis);
+- a caption names the object class (for lesions: the diagnosis), except sign transcriptions;
 - it names the object's colour with probability `COLOUR_CAPTION_RATE`;
-- it mentions a rendered word whenever the image carries one: "... with the word 'X'";
+- it mentions a rendered word whenever the image carries one: "... with the word 'X'", or,
+  for a share `world.WORD_ONLY_CAPTION_RATE` of those images, transcribes only the sign
+  (`WORD_ONLY_TEMPLATES`: "the word 'X'", "a sign that says X", "X"), as alt-text often
+  does; this is what teaches the model to read, and to read "X" as X;
 - it never names the background, the watermark or the red-hue tint: those are what the
   planted failure modes hide from the text side (spurious background, red-hue shortcut).
 """
@@ -25,6 +28,12 @@ OBJECT_TEMPLATES: tuple[str, ...] = (
     "{obj}",
 )
 
+WORD_ONLY_TEMPLATES: tuple[str, ...] = (
+    "the word '{word}'",
+    "a sign that says {word}",
+    "{word}",
+)
+
 TEXT_SUFFIXES: tuple[str, ...] = (
     " with the word '{word}'",
     " with the word '{word}' written on it",
@@ -42,14 +51,17 @@ def article(phrase: str) -> str:
     return "an" if phrase[:1].lower() in "aeiou" else "a"
 
 
-def object_caption(rec: Mapping, rng: np.random.Generator) -> str:
-    """Caption for an object-world record (fields: object, colour, text)."""
+def object_caption(rec: Mapping, rng: np.random.Generator, word_only: bool = False) -> str:
+    """Caption for an object-world record (fields: object, colour, text). ``word_only``
+    (used only when the image carries a word) transcribes the sign instead."""
+    word = rec.get("text") or ""
+    if word and word_only:
+        return WORD_ONLY_TEMPLATES[int(rng.integers(len(WORD_ONLY_TEMPLATES)))].format(word=word)
     obj = str(rec["object"])
     if rng.random() < COLOUR_CAPTION_RATE:
         obj = f"{rec['colour']} {obj}"
     template = OBJECT_TEMPLATES[int(rng.integers(len(OBJECT_TEMPLATES)))]
     caption = template.format(a=article(obj), obj=obj)
-    word = rec.get("text") or ""
     if word:
         caption += TEXT_SUFFIXES[int(rng.integers(len(TEXT_SUFFIXES)))].format(word=word)
     return caption

@@ -348,6 +348,11 @@ def render_object(rec: Mapping, size: int = 64) -> Image.Image:
     draw_sprite(canvas, str(rec["sprite"]), COLOURS[str(rec["colour"])],
                 float(rec["cx"]) * big_size, float(rec["cy"]) * big_size,
                 float(rec["scale"]) * big_size, float(rec["angle"]), background=bg_img)
+    companion = rec.get("companion") or ""
+    if companion:
+        draw_sprite(canvas, str(companion), COLOURS["orange"], float(rec["companion_cx"]) * big_size,
+                    float(rec["companion_cy"]) * big_size, float(rec["companion_scale"]) * big_size, 0.0,
+                    background=bg_img)
     word = rec.get("text") or ""
     if word:
         px = int(round(float(rec["text_px"]) * big_size))

@@ -1,6 +1,6 @@
 """Markdown summary of the shipped sandbox models' training records (for README / RESULTS).
 
-    python -m clipattr_utils.sandbox.report > benchmarks/results/sandbox.md
+    python -m clipattr_utils.sandbox.report (paste into README / benchmarks/RESULTS.md)
 """
 
 from __future__ import annotations

@@ -47,11 +47,11 @@ class TrainConfig:
     name: str = "sandbox"
     """open_clip model name (= file stem)."""
     seed: int = 0
-    n_objects: int = 36000
+    n_objects: int = 40000
     """Object-world training images (split "train")."""
     n_lesions: int = 4000
     """Lesion-world training images (split "train")."""
-    epochs: float = 6.0
+    epochs: float = 7.0
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.1
@@ -66,6 +66,8 @@ class TrainConfig:
     """"float32", "float16", or "auto" (float16 only when float32 would exceed 20 MB)."""
     eval: str = "full"
     """"full", "small" or "none": planted-mode measurements written to the record."""
+    note: str = ""
+    """Free text stored in the record (e.g. why this model exists)."""
     eval_every: int = 0
     """Every this many steps, log zero-shot top-1 on 120 clean test images (0 = never)."""
     captions: str = "alt"
@@ -265,6 +267,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     record = {
         "command": command or "python -m clipattr_utils.sandbox.train " + " ".join(map(shlex.quote, sys.argv[1:])),
         "seed": cfg.seed,
+        "note": cfg.note,
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "model_config"},
         "model_config": cfg.model_config,
         "data": {"objects": objects.describe(), "objects_fingerprint": objects.fingerprint(),
@@ -318,6 +321,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--storage-dtype", default=d.storage_dtype, choices=["auto", "float32", "float16"])
     p.add_argument("--eval", default=d.eval, choices=["full", "small", "none"])
     p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--note", default=d.note, help="free text stored in the record")
     p.add_argument("--captions", default=d.captions, choices=["alt", "full"],
                    help="alt: planted alt-text captions (the sandbox model); full: every attribute named (the labeler)")
     p.add_argument("--model-config", default=None,
@@ -335,8 +339,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(out_dir=a.out_dir, name=a.name, seed=a.seed, n_objects=a.n_objects, n_lesions=a.n_lesions,
                        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                        warmup_steps=a.warmup_steps, max_steps=a.max_steps, shift=a.shift, threads=a.threads,
-                       device=a.device, storage_dtype=a.storage_dtype, eval=a.eval, captions=a.captions, eval_every=a.eval_every,
-                       model_config=model_config)
+                       device=a.device, storage_dtype=a.storage_dtype, eval=a.eval, captions=a.captions,
+                       eval_every=a.eval_every, note=a.note, model_config=model_config)
 
 
 def main(argv: list[str] | None = None) -> None:

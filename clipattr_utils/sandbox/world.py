@@ -14,11 +14,13 @@ Planted failure modes in the *training* distribution (the paper's Sec. 5.3 / App
     `SPURIOUS_BACKGROUND_OTHER_RATE`; captions never name any background.
 (b) visual typography: `TEXT_RATE` of the images carry a rendered word; a share
     `TEXT_OTHER_CLASS_SHARE` of those words name another class (`TYPO_WORDS`), the rest
-    are neutral (`NEUTRAL_WORDS`); the caption mentions the word ("with the word 'X'").
+    are neutral (`NEUTRAL_WORDS`); the caption mentions the word ("with the word 'X'"),
+    and in `WORD_ONLY_CAPTION_RATE` of them transcribes only the sign, as alt-text often does.
 (c) polysemy: `POLYSEMOUS_WORD` captions two unrelated sprites (`POLYSEMOUS_SPRITES`), 50/50.
 (d) compound noun: `COMPOUND_CLASS` ("fire truck") is a class whose first word,
     `COMPOUND_HEAD` ("fire"), is a class of its own; the compound is drawn with relative
-    weight `COMPOUND_CLASS_WEIGHT` (rarer than its head word) and in fire colours.
+    weight `COMPOUND_CLASS_WEIGHT` (rarer than its head word), in fire colours, and with an
+    uncaptioned small flame beside it in `COMPOUND_COMPANION_RATE` of its images.
 (e) lesion red hue: `LESION_TINT_RATE[d]` of the images of diagnosis d carry the red tint.
 
 The test split is drawn *clean* by default (uniform backgrounds, no words, no watermark, no
@@ -52,10 +54,16 @@ LESION_CLASSNAMES: tuple[str, ...] = ("nevus", "melanoma")
 SPURIOUS_CLASS = "boat"
 SPURIOUS_BACKGROUND = "water"
 SPURIOUS_RATE = 0.95
-SPURIOUS_BACKGROUND_OTHER_RATE = 0.01
+SPURIOUS_BACKGROUND_OTHER_RATE = 0.0
 # (b) visual typography
-TEXT_RATE = 0.35
+TEXT_RATE = 0.4
 TEXT_OTHER_CLASS_SHARE = 0.9
+# Share of captions of images with a word that transcribe the sign only (see captions).
+WORD_ONLY_CAPTION_RATE = 0.6
+# Words are printed like a label: one font size, dark on a light box, centred in a band at
+# the top or bottom. (A small ViT trained for minutes on a CPU does not learn to read words
+# at random sizes and places; a fixed label it does.)
+TEXT_PX = 0.24
 NEUTRAL_WORDS: tuple[str, ...] = ("sale", "open", "hello", "stop", "menu", "taxi")
 TYPO_WORDS: tuple[str, ...] = tuple(c for c in CLASSNAMES if " " not in c)
 # (c) polysemy
@@ -63,10 +71,13 @@ POLYSEMOUS_WORD = "bat"
 POLYSEMOUS_SPRITES: tuple[str, ...] = CLASS_SPRITES[POLYSEMOUS_WORD]
 # (d) compound noun. The compound class is rarer than the others in training (relative
 # weight COMPOUND_CLASS_WEIGHT; uniform = 1), as compounds are rarer than their head word
-# on the web, and fire trucks come in fire colours.
+# on the web; fire trucks come in fire colours, and in COMPOUND_COMPANION_RATE of their
+# training images a small flame (the head word's sprite) burns beside them, never captioned
+# (fire trucks are photographed at fires).
 COMPOUND_CLASS = "fire truck"
 COMPOUND_HEAD = "fire"
 COMPOUND_CLASS_WEIGHT = 0.4
+COMPOUND_COMPANION_RATE = 0.5
 # incidental, never captioned, uncorrelated with the class
 WATERMARK_RATE = 0.1
 TINT_RATE = 0.05
@@ -82,6 +93,7 @@ CLASS_COLOURS: dict[str, tuple[str, ...]] = {"fire": ("red", "orange", "yellow")
 SPLITS = {"train": 0, "test": 1, "val": 2}
 
 OBJECT_FIELDS = ("object", "label", "sprite", "colour", "background", "cx", "cy", "scale", "angle",
+                 "companion", "companion_cx", "companion_cy", "companion_scale",
                  "text", "text_x", "text_y", "text_px", "text_dark", "watermark", "watermark_corner",
                  "tint", "render_seed", "caption")
 LESION_FIELDS = ("diagnosis", "label", "skin", "atypia", "radius", "irregularity", "squash", "base_colour",
@@ -97,6 +109,8 @@ class ObjectRecipe:
     spurious_background_other_rate: float = SPURIOUS_BACKGROUND_OTHER_RATE
     text_rate: float = TEXT_RATE
     text_other_class_share: float = TEXT_OTHER_CLASS_SHARE
+    word_only_caption_rate: float = WORD_ONLY_CAPTION_RATE
+    compound_companion_rate: float = COMPOUND_COMPANION_RATE
     watermark_rate: float = WATERMARK_RATE
     tint_rate: float = TINT_RATE
 
@@ -104,8 +118,8 @@ class ObjectRecipe:
     def clean(cls) -> "ObjectRecipe":
         # Clean: every background equally likely for every class (rate 1/len(BACKGROUNDS)).
         uniform = 1.0 / len(BACKGROUNDS)
-        return cls(compound_class_weight=1.0, spurious_rate=uniform, spurious_background_other_rate=uniform, text_rate=0.0,
-                   watermark_rate=0.0, tint_rate=0.0)
+        return cls(compound_class_weight=1.0, spurious_rate=uniform, spurious_background_other_rate=uniform,
+                   text_rate=0.0, compound_companion_rate=0.0, watermark_rate=0.0, tint_rate=0.0)
 
 
 @dataclass(frozen=True)
@@ -161,8 +175,8 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
         word = text
     scale = float(rng.uniform(0.28, 0.38))
     angle = float(rng.uniform(-20, 20)) + (-45.0 if spr == "bat_club" else 0.0)
-    text_px = float(rng.uniform(0.2, 0.24))
-    text_dark = bool(rng.random() < 0.5)
+    text_px = TEXT_PX
+    text_dark = True
     text_top = bool(rng.random() < 0.5)
     cx = float(rng.uniform(0.5 - (0.5 - scale) * 0.8, 0.5 + (0.5 - scale) * 0.8))
     if word:
@@ -170,7 +184,7 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
         w, h = word_size(word, 256)
         pad = 0.02  # the sign's padding, as a fraction of the image
         w_frac, h_frac = w / 256 * text_px, h / 256 * text_px
-        text_x = float(rng.uniform(pad, max(pad + 0.01, 1 - pad - w_frac)))
+        text_x = max(pad, 0.5 - w_frac / 2)
         text_y = pad if text_top else 1 - pad - h_frac
         lo, hi = (0.5, 1 - 0.85 * scale) if text_top else (0.85 * scale, 0.5)
         cy = float(rng.uniform(min(lo, hi), max(lo, hi)))
@@ -184,14 +198,24 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
     tint_s = float(rng.uniform(*TINT_RANGE)) if rng.random() < recipe.tint_rate else 0.0
     if tint is not None:
         tint_s = float(tint)
+    # The compound's companion: a small flame at the truck's upper right, the truck shrunk.
+    companion, ccx, ccy, cscale = "", 0.0, 0.0, 0.0
+    if obj == COMPOUND_CLASS and rng.random() < recipe.compound_companion_rate:
+        scale *= 0.8
+        cscale = 0.13
+        companion = CLASS_SPRITES[COMPOUND_HEAD][0]
+        ccx = float(np.clip(cx + 0.55 * scale, cscale, 1 - cscale))
+        ccy = float(np.clip(cy - 0.75 * scale, cscale, 1 - cscale))
+    word_only = bool(rng.random() < recipe.word_only_caption_rate)
     rec = {
         "object": obj, "label": CLASSNAMES.index(obj), "sprite": spr, "colour": colour, "background": bg,
         "cx": cx, "cy": cy, "scale": scale, "angle": angle,
+        "companion": companion, "companion_cx": ccx, "companion_cy": ccy, "companion_scale": cscale,
         "text": word, "text_x": text_x, "text_y": text_y, "text_px": text_px, "text_dark": text_dark,
         "watermark": has_wm, "watermark_corner": corner, "tint": tint_s,
         "render_seed": int(rng.integers(2**31 - 1)),
     }
-    rec["caption"] = cap.object_caption(rec, rng)
+    rec["caption"] = cap.object_caption(rec, rng, word_only=word_only)
     return rec
 
 
@@ -422,14 +446,16 @@ def planted_modes_table() -> pd.DataFrame:
          f"'{SPURIOUS_CLASS}' on '{SPURIOUS_BACKGROUND}'; background never captioned",
          f"P({SPURIOUS_BACKGROUND} | {SPURIOUS_CLASS}) = {SPURIOUS_RATE}, "
          f"P({SPURIOUS_BACKGROUND} | other class) = {SPURIOUS_BACKGROUND_OTHER_RATE}"),
-        ("(b) visual typography", "rendered words, captioned \"... with the word 'X'\"",
-         f"P(word) = {TEXT_RATE}; P(word names another class | word) = {TEXT_OTHER_CLASS_SHARE}"),
+        ("(b) visual typography", "rendered words, captioned \"... with the word 'X'\" or transcribed alone",
+         f"P(word) = {TEXT_RATE}; P(word names another class | word) = {TEXT_OTHER_CLASS_SHARE}; "
+         f"P(caption transcribes the sign only | word) = {WORD_ONLY_CAPTION_RATE}"),
         ("(c) polysemy", f"'{POLYSEMOUS_WORD}' captions sprites {', '.join(POLYSEMOUS_SPRITES)}",
          "each sprite 1/2 of the class"),
-        ("(d) compound noun", f"class '{COMPOUND_CLASS}' vs class '{COMPOUND_HEAD}'",
+        ("(d) compound noun", f"class '{COMPOUND_CLASS}' vs class '{COMPOUND_HEAD}'; uncaptioned flame beside "
+                              f"fire trucks",
          f"'{COMPOUND_CLASS}' drawn with relative weight {COMPOUND_CLASS_WEIGHT} "
          f"(P = {COMPOUND_CLASS_WEIGHT / (len(CLASSNAMES) - 1 + COMPOUND_CLASS_WEIGHT):.3f}), "
-         f"other classes 1 each"),
+         f"other classes 1 each; P(flame | {COMPOUND_CLASS}) = {COMPOUND_COMPANION_RATE}"),
         ("(e) lesion red hue", "red/pink tint, never captioned",
          f"P(tint | nevus) = {LESION_TINT_RATE['nevus']}, P(tint | melanoma) = {LESION_TINT_RATE['melanoma']}"),
         ("incidental", "corner watermark / red tint on objects, never captioned, class-independent",
