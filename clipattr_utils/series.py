@@ -50,13 +50,18 @@ def run_series(preset: str = "sandbox", out: Path | None = None, only: list[str]
     if not notebooks:
         raise FileNotFoundError(f"No notebooks NN_*.ipynb found in {notebooks_dir}")
     settings = PRESETS[preset]
+    produced: dict[str, str] = {}  # outputs of earlier notebooks that later ones reuse
     for path in notebooks:
         declared = notebook_parameters(path)
-        shared = {"cache_dir": str(cache_dir.resolve()), "out_dir": str((out / path.stem).resolve())}
+        shared = {**produced, "cache_dir": str(cache_dir.resolve()), "out_dir": str((out / path.stem).resolve())}
         params = {k: v for k, v in {**shared, **settings.get(path.name[:2], {})}.items() if k in declared}
         print(f"[series] {path.name} {params}", flush=True)
         papermill.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
                                    cwd=str(notebooks_dir), progress_bar=False)
+        # The SAE trained by 01 is the one the later notebooks explain (no second training).
+        sae_dir = out / path.stem / "sae"
+        if (sae_dir / "cfg.json").is_file():
+            produced["sae_dir"] = str(sae_dir.resolve())
     return out
 
 
