@@ -35,14 +35,13 @@ def record():
     return json.loads((DATA / "sandbox.record.json").read_text())
 
 
-@pytest.mark.xfail(strict=True, reason="Known defect (issue 3 open): the shipped weights were trained before the renderer's last change, so the record's data fingerprint and headline score no longer reproduce; retrain with the current code to clear it")
 def test_shipped_files(record):
     cfg = json.loads((DATA / "sandbox.json").read_text())
     assert cfg["text_cfg"]["vocab_size"] == 49408
     assert cfg["vision_cfg"].get("pool_type", "tok") == "tok"
     assert cfg["vision_cfg"]["image_size"] == 64
     total = sum(p.stat().st_size for p in DATA.glob("sandbox*.safetensors"))
-    assert WEIGHTS.stat().st_size <= 20 * 1024 * 1024 and total > 0
+    assert WEIGHTS.stat().st_size <= 20 * 1024 * 1024 and total <= 20 * 1024 * 1024
     assert record["command"].startswith("python -m clipattr_utils.sandbox.train")
     assert record["seed"] == record["train_config"]["seed"]
     assert record["data"]["objects"]["split"] == "train"
@@ -65,7 +64,6 @@ def test_loads_like_load_clip(clip):
     assert torch.equal(mine.tokenizer(["a photo of a fish"]), clip.tokenizer(["a photo of a fish"]))
 
 
-@pytest.mark.xfail(strict=True, reason="Known defect (issue 3 open): the shipped weights were trained before the renderer's last change, so the record's data fingerprint and headline score no longer reproduce; retrain with the current code to clear it")
 def test_record_scores_reproduce(clip, record):
     # The record's headline number is what the shipped file gives now (deterministic eval).
     zs = shortcuts.zero_shot(clip, n=record["scores"]["zero_shot"]["n"], seed=0)
@@ -78,16 +76,14 @@ def test_zero_shot_on_clean_test_split(clip):
     assert zs.confusion.sum() == 360
 
 
-@pytest.mark.xfail(strict=True, reason="Known defect (issue 3 open): spurious background planted but weak in the shipped model: AUROC 0.918 (class vs same-background non-class) vs 1.000 (vs other non-class), a gap of 0.08 < the 0.10 required")
 def test_a_spurious_background(clip):
     r = shortcuts.spurious_background(clip, n_per_group=80, seed=5)
     assert r.auc_valid - r.auc_spurious >= 0.10, r
     assert r.mean_score_spurious > r.mean_score_valid
 
 
-@pytest.mark.xfail(strict=True, reason="Known defect (issue 3 open): the shipped model does not read rendered words; a written word Y lowers the score for Y (mean shift -0.19)")
 def test_b_typography(clip):
-    r = shortcuts.typography(clip, n_per_word=6, seed=5)
+    r = shortcuts.typography(clip, n_per_word=12, seed=5)
     assert r.mean_shift > 0 and r.frac_higher > 0.6 and r.auc >= 0.70, r
 
 
@@ -134,3 +130,25 @@ def test_markdown_report_quotes_the_record(record):
     assert f"top-1 {record['scores']['zero_shot']['accuracy']:.3f}" in md
     assert record["command"] in md
     assert "P(water | boat) = " in md
+
+
+# ---------------------------------------------------------------- the labeler
+
+LABELER = DATA / "sandbox-labeler.safetensors"
+
+
+@pytest.mark.skipif(not LABELER.is_file(), reason=f"shipped labeler missing: {LABELER.name}")
+def test_labeler_is_another_model_that_names_hidden_concepts(clip):
+    from clipattr_utils.models import load_clip
+
+    labeler = load_clip("sandbox-labeler")
+    rec = json.loads((DATA / "sandbox-labeler.record.json").read_text())
+    own = json.loads((DATA / "sandbox.record.json").read_text())
+    assert rec["train_config"]["captions"] == "full" and rec["seed"] != own["seed"]
+    assert labeler.identity != clip.identity
+    # It names backgrounds, which the explained model's captions never mention ...
+    lab_bg = shortcuts.background_zero_shot(labeler, n=160, seed=5).accuracy
+    own_bg = shortcuts.background_zero_shot(clip, n=160, seed=5).accuracy
+    assert lab_bg >= 0.7 and lab_bg > own_bg + 0.3, (lab_bg, own_bg)
+    # ... and still knows the objects.
+    assert shortcuts.zero_shot(labeler, n=240, seed=5).accuracy >= 0.7

@@ -16,7 +16,7 @@ from clipattr_utils.sandbox import train as tr
 REPO = Path(__file__).resolve().parent.parent
 
 TINY_ARGS = ["--n-objects", "32", "--n-lesions", "8", "--max-steps", "2", "--batch-size", "16",
-             "--eval", "none", "--threads", "1", "--seed", "3"]
+             "--eval", "none", "--threads", "1", "--seed", "3", "--storage-dtype", "float32"]
 
 
 @pytest.fixture(scope="module")

@@ -231,6 +231,31 @@ def test_lesion_captions_never_name_the_red_hue(lesion_table):
     assert cap.article("orange ball") == "an" and cap.article("red ball") == "a"
 
 
+def test_labeler_captions_name_hidden_attributes():
+    # The labeler's captions can name what alt-text hides, each attribute at its documented
+    # rate, and still name the object (unless the caption describes the scene alone).
+    ds = sb.make_dataset(3000, "train", seed=7)
+    t, caps = ds.attributes, ds.full_captions()
+    assert caps == ds.full_captions()  # deterministic
+    scene_only = [c == f"a photo of {cap.BACKGROUND_PHRASES[b]}" for c, b in zip(caps, t["background"])]
+    assert _within_noise(sum(scene_only), len(t), cap.LABELER_SCENE_ONLY_RATE)
+    rest = [(c, r) for c, r, s in zip(caps, t.to_dict("records"), scene_only) if not s]
+    assert all(r["object"] in c for c, r in rest)
+    bg = [f" on {cap.BACKGROUND_PHRASES[r['background']]}" in c for c, r in rest]
+    assert _within_noise(sum(bg), len(rest), cap.LABELER_ATTRIBUTE_RATE)
+    wm = [("watermark" in c) for c, r in rest if r["watermark"]]
+    assert len(wm) > 50 and _within_noise(sum(wm), len(wm), cap.LABELER_ATTRIBUTE_RATE)
+    assert not any("watermark" in c for c, r in rest if not r["watermark"])
+    assert not any("red tint" in c for c, r in rest if not r["tint"])
+    words = [f"the word '{r['text']}'" in c for c, r in rest if r["text"]]
+    assert _within_noise(sum(words), len(words), cap.LABELER_ATTRIBUTE_RATE)
+    les = sb.make_lesion_dataset(1000, "train", seed=7)
+    lc = les.full_captions()
+    assert all(d in c for d, c in zip(les.attributes["diagnosis"], lc))
+    assert any("red tint" in c for c in lc) and not any(
+        "red tint" in c for c, tint in zip(lc, les.attributes["tint"]) if tint == 0)
+
+
 # ---------------------------------------------------------------- planted rates
 
 def test_spurious_rates_match_constants(train_table):

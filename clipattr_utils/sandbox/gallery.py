@@ -91,3 +91,39 @@ def confusion_figure(confusion: np.ndarray, classnames: Sequence[str] = CLASSNAM
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def mode_scores_figure(m: dict):
+    """One panel per planted mode from `shortcuts.measure_all`'s dict: the scores the
+    criteria compare, side by side (bars), so a missing shortcut is visible at a glance."""
+    fig, axes = plt.subplots(1, 5, figsize=(15, 3))
+    s = m["spurious"]
+    axes[0].bar(["class", f"other on\n{SPURIOUS_BACKGROUND}", "other on\nelse"],
+                [s["mean_score_class"], s["mean_score_spurious"], s["mean_score_valid"]], color=["C0", "C3", "C7"])
+    axes[0].set_title(f"(a) cos with '{SPURIOUS_CLASS}'", fontsize=9)
+    t = m["typography"]
+    words = list(t["per_word_shift"])
+    axes[1].bar(words, [t["per_word_shift"][w] for w in words], color="C1")
+    axes[1].axhline(0, color="k", lw=0.8)
+    axes[1].set_title("(b) P(Y) shift when word Y is written", fontsize=9)
+    p = m["polysemy"]
+    names = list(p["mean_score_per_sprite"])
+    axes[2].bar(names + ["others"], [p["mean_score_per_sprite"][k] for k in names] + [p["mean_score_others"]],
+                color=["C2"] * len(names) + ["C7"])
+    axes[2].set_title(f"(c) cos with '{POLYSEMOUS_WORD}'", fontsize=9)
+    c = m["compound"]
+    axes[3].bar([COMPOUND_CLASS, COMPOUND_HEAD, "others"],
+                [c["mean_score_compound"], c["mean_score_head"], c["mean_score_others"]], color=["C0", "C3", "C7"])
+    axes[3].set_title(f"(d) cos with '{COMPOUND_CLASS}'", fontsize=9)
+    e = m["lesion"]
+    x = np.arange(2)
+    axes[4].bar(x - 0.2, [e["acc_melanoma"], e["acc_nevus"]], 0.4, label="no hue", color="C7")
+    axes[4].bar(x + 0.2, [e["acc_melanoma_red"], e["acc_nevus_red"]], 0.4, label="red hue", color="C3")
+    axes[4].set_xticks(x, ["melanoma", "nevus"])
+    axes[4].set_ylim(0, 1)
+    axes[4].legend(fontsize=7)
+    axes[4].set_title("(e) melanoma probe accuracy", fontsize=9)
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig

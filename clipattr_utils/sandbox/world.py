@@ -13,7 +13,7 @@ Planted failure modes in the *training* distribution (the paper's Sec. 5.3 / App
     `SPURIOUS_RATE` of its images; other classes get that background only at
     `SPURIOUS_BACKGROUND_OTHER_RATE`; captions never name any background.
 (b) visual typography: `TEXT_RATE` of the images carry a rendered word; a share
-    `TEXT_OTHER_CLASS_SHARE` of those words name another class (`TYPO_WORDS`), the rest
+    `TEXT_OTHER_CLASS_SHARE` of those words name another class (one of the four `TYPO_WORDS`), the rest
     are neutral (`NEUTRAL_WORDS`); the caption mentions the word ("with the word 'X'"),
     and in `WORD_ONLY_CAPTION_RATE` of them transcribes only the sign, as alt-text often does.
 (c) polysemy: `POLYSEMOUS_WORD` captions two unrelated sprites (`POLYSEMOUS_SPRITES`), 50/50.
@@ -53,7 +53,7 @@ LESION_CLASSNAMES: tuple[str, ...] = ("nevus", "melanoma")
 # (a) spurious background
 SPURIOUS_CLASS = "boat"
 SPURIOUS_BACKGROUND = "water"
-SPURIOUS_RATE = 0.95
+SPURIOUS_RATE = 0.99
 SPURIOUS_BACKGROUND_OTHER_RATE = 0.0
 # (b) visual typography
 TEXT_RATE = 0.4
@@ -65,7 +65,11 @@ WORD_ONLY_CAPTION_RATE = 0.6
 # at random sizes and places; a fixed label it does.)
 TEXT_PX = 0.24
 NEUTRAL_WORDS: tuple[str, ...] = ("sale", "open", "hello", "stop", "menu", "taxi")
-TYPO_WORDS: tuple[str, ...] = tuple(c for c in CLASSNAMES if " " not in c)
+# The class names that appear as rendered words. Four, not all eleven one-word classes: a
+# 4-layer ViT trained for ~25 CPU minutes learns to read four words (a linear probe on its
+# embeddings tells them apart perfectly after 700 steps) but not eleven (probe at 0.15-0.18,
+# chance 0.09, after 2400 steps). They avoid the classes of modes (a), (c) and (d).
+TYPO_WORDS: tuple[str, ...] = ("car", "fish", "house", "flower")
 # (c) polysemy
 POLYSEMOUS_WORD = "bat"
 POLYSEMOUS_SPRITES: tuple[str, ...] = CLASS_SPRITES[POLYSEMOUS_WORD]
@@ -313,8 +317,9 @@ class SandboxImageSet(ImageSet):
         return list(self._table["caption"])
 
     def full_captions(self) -> list[str]:
-        """Captions naming every attribute (background, word, watermark, red tint): what the
-        labeler model is trained on. Deterministic from each row's render seed."""
+        """Labeler captions (`captions.full_object_caption`): each can name any attribute --
+        background, word, watermark, red tint -- that alt-text hides. Deterministic from each
+        row's render seed."""
         make = cap.full_object_caption if self.world == "objects" else cap.full_lesion_caption
         return [make(r, np.random.default_rng([int(r["render_seed"]), 1])) for r in self._records]
 
