@@ -17,7 +17,8 @@ from .shortcuts import CRITERIA, summary
 def _rates_table() -> str:
     t = world.planted_modes_table()
     lines = ["| mode | what | rate (training split) |", "|---|---|---|"]
-    lines += [f"| {r['mode']} | {r['what']} | {r['rate (training split)']} |" for _, r in t.iterrows()]
+    cell = lambda x: str(x).replace("|", "\\|")  # noqa: E731  ("P(a | b)" inside a table cell)
+    lines += [f"| {cell(r['mode'])} | {cell(r['what'])} | {cell(r['rate (training split)'])} |" for _, r in t.iterrows()]
     return "\n".join(lines)
 
 

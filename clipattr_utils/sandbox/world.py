@@ -451,7 +451,8 @@ def planted_modes_table() -> pd.DataFrame:
          f"'{SPURIOUS_CLASS}' on '{SPURIOUS_BACKGROUND}'; background never captioned",
          f"P({SPURIOUS_BACKGROUND} | {SPURIOUS_CLASS}) = {SPURIOUS_RATE}, "
          f"P({SPURIOUS_BACKGROUND} | other class) = {SPURIOUS_BACKGROUND_OTHER_RATE}"),
-        ("(b) visual typography", "rendered words, captioned \"... with the word 'X'\" or transcribed alone",
+        ("(b) visual typography", f"rendered words ({', '.join(TYPO_WORDS)}; neutral: {', '.join(NEUTRAL_WORDS)}), "
+                                  "captioned \"... with the word 'X'\" or transcribed alone",
          f"P(word) = {TEXT_RATE}; P(word names another class | word) = {TEXT_OTHER_CLASS_SHARE}; "
          f"P(caption transcribes the sign only | word) = {WORD_ONLY_CAPTION_RATE}"),
         ("(c) polysemy", f"'{POLYSEMOUS_WORD}' captions sprites {', '.join(POLYSEMOUS_SPRITES)}",
