@@ -79,9 +79,9 @@ def lesion_caption(rec: Mapping, rng: np.random.Generator) -> str:
 # captions that can name every attribute, planted or not, so it can align latents with
 # concepts the explained model's captions hide (backgrounds, watermark, red hue). Each
 # caption names a random subset (each attribute with probability `LABELER_ATTRIBUTE_RATE`,
-# a share `LABELER_SCENE_ONLY_RATE` name the background alone): a caption naming everything
-# lets a batch be told apart by colour + background alone, and the first labeler trained
-# that way never learned the objects (zero-shot 0.46).
+# a share `LABELER_SCENE_ONLY_RATE` name the background alone). A labeler trained on
+# captions naming everything recognised objects at 0.46 zero-shot: colour + background
+# already tell most captions of a batch apart, so little pushed it to learn the objects.
 
 LABELER_ATTRIBUTE_RATE = 0.5
 LABELER_SCENE_ONLY_RATE = 0.1

@@ -6,7 +6,8 @@ Every function takes a loaded CLIP — anything with ``.model`` (open_clip CLIP)
 probe trains on split "val"; the CLIP itself trained on split "train") and returns a
 NamedTuple of the numbers. Scores are cosines between the L2-normalised image embedding and
 the prompt "a photo of a {class}" (Sec. 5.3 / App. D.2 probe the short class name the same
-way); typography compares zero-shot probabilities, see `typography`. Results are deterministic for a given model, seed and image counts.
+way); typography compares zero-shot probabilities instead, see `typography`. Results are
+deterministic for a given model, seed and image counts.
 
 Spurious / valid AUROC follow the paper's App. D.2: true class images against distractors
 of the failure mode ("spurious AUC") and against unrelated non-class images ("valid AUC").

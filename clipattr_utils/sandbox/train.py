@@ -63,7 +63,8 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"
     storage_dtype: str = "float16"
-    """"float16" (default: the two shipped models stay well under 20 MB), "float32", or "auto" (float16 only when float32 would exceed 20 MB)."""
+    """"float16" (default: both shipped models together stay under 20 MB), "float32", or
+    "auto" (float16 only when float32 would exceed 20 MB)."""
     eval: str = "full"
     """"full", "small" or "none": planted-mode measurements written to the record."""
     note: str = ""
