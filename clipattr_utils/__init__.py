@@ -3,7 +3,48 @@
 The flow, one module per stage::
 
     image --models (CLIP backbone)--> features (class token, cached) --> sae (top-k)
-          --> models.Head (LayerNorm + projection) --> cosine with text --> attribution scores
+          --> head (LayerNorm + projection) --> cosine with text --> attribution scores
+
+Notebooks use the flat namespace, the verbs of that flow::
+
+    import clipattr_utils as ca
+
+    clip = ca.load_clip("sandbox")                        # or ("ViT-B-32", "datacomp_xl_s13b_b90k")
+    feats = ca.extract(clip, ca.sandbox.make_dataset(2000, "train"))   # cached class tokens
+    sae = ca.train_sae(feats, ca.TrainConfig(d_sae=1024, k=32)).sae    # or ca.TopKSAE.load(folder)
+    text = clip.encode_text(["a photo of a boat"])
+    attr = ca.act_grad(feats.read(0, 8), sae, clip.head, text)         # exact Act x Grad (Eq. 5)
+
+Submodules (``ca.faithfulness``, ``ca.sandbox``, ``ca.attribution``, ...) hold the rest.
 """
 
+from . import attribution, data, faithfulness, features, gallery, head, models, sae, sandbox, storage
+from .attribution import (Attribution, Readout, TopAttribution, act_grad, act_grad_paper, act_logit_lens, energy,
+                          integrated_gradients, logit_lens, mean_relevance, random_scores, readout_from_sklearn)
+from .data import ImageFolder, ImageNetFolder, ISIC2019, TensorImageSet
+from .faithfulness import FaithfulnessConfig, FaithfulnessResult, FiringFrequency, RandomOrder
+from .faithfulness import evaluate as evaluate_faithfulness
+from .features import FeatureCache, extract, write_cache
+from .head import Head
+from .models import LoadedCLIP, load_clip, supported_models
+from .sae import TopKSAE, TrainConfig, TrainResult, load_sae, save_sae
+from .sae import evaluate as evaluate_sae
+from .sae import train as train_sae
+from .storage import default_cache_dir, resolve_device, resolve_out_dir
+
 __version__ = "0.1.0"
+
+__all__ = [
+    # image -> features
+    "load_clip", "LoadedCLIP", "supported_models", "ImageNetFolder", "ImageFolder", "ISIC2019", "TensorImageSet",
+    "extract", "FeatureCache", "write_cache", "default_cache_dir", "resolve_device", "resolve_out_dir",
+    # features -> SAE
+    "TopKSAE", "TrainConfig", "TrainResult", "train_sae", "evaluate_sae", "load_sae", "save_sae",
+    # SAE -> head -> scores
+    "Head", "act_grad", "act_grad_paper", "integrated_gradients", "logit_lens", "act_logit_lens", "energy",
+    "random_scores", "Readout", "readout_from_sklearn", "Attribution", "TopAttribution", "mean_relevance",
+    # faithfulness
+    "evaluate_faithfulness", "FaithfulnessConfig", "FaithfulnessResult", "RandomOrder", "FiringFrequency",
+    # submodules
+    "attribution", "data", "faithfulness", "features", "gallery", "head", "models", "sae", "sandbox", "storage",
+]

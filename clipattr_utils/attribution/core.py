@@ -43,6 +43,9 @@ from ..head import Head
 from ..sae.model import EncoderOutput, TopKSAE
 from .result import Attribution, TopAttribution
 
+ChunkCallback = Callable[[slice, slice, Attribution], None]
+"""``on_chunk(n_slice, t_slice, block)``: receives each (samples x outputs) block of scores."""
+
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 """Soft budget for each large temporary (M_U @ u_c^T, and one sample x prompt block)."""
 
@@ -506,5 +509,5 @@ def resolve_inputs(x: Any, sae: TopKSAE, head: Head, text: torch.Tensor | Readou
     return prep, target, idx, a, dtype, device
 
 
-__all__ = ["Readout", "Target", "Prepared", "prepare", "as_target", "run", "ln_state", "LNState",
+__all__ = ["ChunkCallback", "Readout", "Target", "Prepared", "prepare", "as_target", "run", "ln_state", "LNState",
            "affine", "DEFAULT_CHUNK_BYTES", "check_positive_int", "constant_over_outputs", "resolve_inputs"]

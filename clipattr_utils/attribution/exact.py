@@ -39,9 +39,9 @@ from typing import Any
 import torch
 
 from ..head import Head
-from ..sae.model import TopKSAE
-from .core import Prepared, Readout, Target, affine, ln_state, run
-from .result import Attribution
+from ..sae.model import EncoderOutput, TopKSAE
+from .core import ChunkCallback, Prepared, Readout, Target, affine, ln_state, run
+from .result import Attribution, TopAttribution
 
 
 class ActGradKernel:
@@ -126,7 +126,21 @@ class PaperKernel:
         return affine(qg, st["aq"], r[..., None], st["g"], out)
 
 
-def act_grad(x: Any, sae: TopKSAE, head: Head, text: torch.Tensor | Readout, **opts: Any) -> Attribution:
+def act_grad(
+    x: Any,
+    sae: TopKSAE,
+    head: Head,
+    text: torch.Tensor | Readout,
+    *,
+    code: EncoderOutput | None = None,
+    top_n: int | None = None,
+    on_chunk: ChunkCallback | None = None,
+    chunk_n: int | None = None,
+    chunk_t: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> Attribution | TopAttribution | None:
     """Exact Activation x Gradient R_j = a_j dy/da_j (Eq. 5/11), eps and b held constant.
 
     Args:
@@ -134,22 +148,42 @@ def act_grad(x: Any, sae: TopKSAE, head: Head, text: torch.Tensor | Readout, **o
         sae: the top-k SAE (its decoder rows are the v_j, ``b_dec`` is b).
         head: the model's LayerNorm + projection.
         text: (T, d_post) text embeddings (y = cosine, Eq. 4), or a :class:`Readout`.
-        **opts: ``code`` (precomputed ``sae.encode(x)``), ``chunk_n``, ``chunk_t``,
-            ``top_n`` (return a TopAttribution (N, T, n) instead of all k),
-            ``on_chunk(n_slice, t_slice, Attribution)`` (stream blocks, return None),
-            ``dtype`` (default x's), ``device`` (default the SAE's), ``progress``.
+        code: ``sae.encode(x)`` when already computed (saves the encoder pass).
+        top_n: keep only the n best latents per (sample, output): returns a TopAttribution.
+        on_chunk: ``on_chunk(n_slice, t_slice, Attribution)`` receives each block instead
+            of one big result (returns None); for N x T too large to hold.
+        chunk_n, chunk_t: block sizes over samples and outputs (default: ~256 MB blocks).
+        dtype: compute dtype (default x's; float32 for a FeatureCache).
+        device: compute device (default the SAE's).
+        progress: show a progress bar over blocks.
 
     Returns:
         Attribution with ``indices`` (N, k) and ``values`` (N, T, k).
     """
-    return run(ActGradKernel(), x, sae, head, text, **opts)
+    return run(ActGradKernel(), x, sae, head, text, code=code, top_n=top_n, on_chunk=on_chunk, chunk_n=chunk_n,
+               chunk_t=chunk_t, dtype=dtype, device=device, progress=progress)
 
 
-def act_grad_paper(x: Any, sae: TopKSAE, head: Head, text: torch.Tensor | Readout, **opts: Any) -> Attribution:
+def act_grad_paper(
+    x: Any,
+    sae: TopKSAE,
+    head: Head,
+    text: torch.Tensor | Readout,
+    *,
+    code: EncoderOutput | None = None,
+    top_n: int | None = None,
+    on_chunk: ChunkCallback | None = None,
+    chunk_n: int | None = None,
+    chunk_t: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> Attribution | TopAttribution | None:
     """The paper's beta -> 0 form of Activation x Gradient (Eq. 6 = Eq. 31), for reproducing
     the paper and measuring its error against :func:`act_grad`. Same call shape and options.
 
     Exact when beta = 0 and the LayerNorm eps = 0 (the derivation normalises by |x - mu|
     while torch's LayerNorm uses sqrt(var + eps)); otherwise an approximation.
     """
-    return run(PaperKernel(), x, sae, head, text, **opts)
+    return run(PaperKernel(), x, sae, head, text, code=code, top_n=top_n, on_chunk=on_chunk, chunk_n=chunk_n,
+               chunk_t=chunk_t, dtype=dtype, device=device, progress=progress)

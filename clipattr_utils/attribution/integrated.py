@@ -19,10 +19,10 @@ from typing import Any, Literal
 import torch
 
 from ..head import Head
-from ..sae.model import TopKSAE
-from .core import Prepared, Readout, Target, affine, check_positive_int, run
+from ..sae.model import EncoderOutput, TopKSAE
+from .core import ChunkCallback, Prepared, Readout, Target, affine, check_positive_int, run
 from .exact import ActGradKernel
-from .result import Attribution
+from .result import Attribution, TopAttribution
 
 Rule = Literal["midpoint", "left", "right", "trapezoid"]
 
@@ -89,11 +89,30 @@ class IntegratedGradientsKernel:
         return affine(qg, aq, f, st["g"], out)
 
 
-def integrated_gradients(x: Any, sae: TopKSAE, head: Head, text: torch.Tensor | Readout, *, steps: int = 10,
-                         rule: Rule = "midpoint", **opts: Any) -> Attribution:
+def integrated_gradients(
+    x: Any,
+    sae: TopKSAE,
+    head: Head,
+    text: torch.Tensor | Readout,
+    *,
+    steps: int = 10,
+    rule: Rule = "midpoint",
+    code: EncoderOutput | None = None,
+    top_n: int | None = None,
+    on_chunk: ChunkCallback | None = None,
+    chunk_n: int | None = None,
+    chunk_t: int | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> Attribution | TopAttribution | None:
     """Integrated Gradients of the active latents from a = 0 (x = b + eps) to a, in closed
-    form per step. ``steps`` quadrature nodes (the paper uses 10), ``rule`` one of
-    'midpoint' (default), 'left', 'right', 'trapezoid' (steps + 1 nodes). Other options as
-    :func:`act_grad`.
+    form per step.
+
+    Args:
+        steps: quadrature nodes (the paper uses 10).
+        rule: 'midpoint' (default), 'left', 'right' or 'trapezoid' (steps + 1 nodes).
+        Everything else as :func:`.exact.act_grad`.
     """
-    return run(IntegratedGradientsKernel(steps, rule), x, sae, head, text, **opts)
+    return run(IntegratedGradientsKernel(steps, rule), x, sae, head, text, code=code, top_n=top_n,
+               on_chunk=on_chunk, chunk_n=chunk_n, chunk_t=chunk_t, dtype=dtype, device=device, progress=progress)

@@ -149,6 +149,18 @@ class TopKSAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(*self.encode(x))
 
+    def active_mask(self, code: EncoderOutput | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(N, k) bool: which slots of a code hold an active latent.
+
+        With ``relu=True`` a slot is active when its value is positive (zeros pad samples
+        with fewer than k positive pre-activations); with ``relu=False`` all k top-k latents
+        are active, negative values included.
+        """
+        indices, values = code
+        if self.relu:
+            return values > 0
+        return torch.ones_like(indices, dtype=torch.bool)
+
     def error(self, x: torch.Tensor) -> torch.Tensor:
         """eps(x) = x - x_hat(x), held constant by every attribution method."""
         return x.to(self.W_dec.dtype) - self(x)

@@ -35,6 +35,7 @@ import open_clip
 import torch
 from tqdm.auto import tqdm
 
+from ..storage import resolve_device, save_tensors_atomic, write_text_atomic
 from .clip import SANDBOX_CONFIG, load_sandbox, register, write_config
 from .render import RENDERER_VERSION
 from .world import make_dataset, make_lesion_dataset
@@ -80,15 +81,7 @@ class TrainConfig:
 MAX_BYTES = 20 * 1024 * 1024
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _save_weights(model: torch.nn.Module, path: Path, storage_dtype: str) -> str:
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     fp32_bytes = sum(v.numel() * 4 for v in state.values())
     if storage_dtype == "auto":
@@ -97,9 +90,7 @@ def _save_weights(model: torch.nn.Module, path: Path, storage_dtype: str) -> str
         raise ValueError(f"storage_dtype must be float32, float16 or auto, got {storage_dtype!r}")
     dtype = torch.float16 if storage_dtype == "float16" else torch.float32
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"storage_dtype": storage_dtype, "format": "pt"})
-    tmp.replace(path)
+    save_tensors_atomic(path, state, metadata={"storage_dtype": storage_dtype, "format": "pt"})
     return storage_dtype
 
 
@@ -174,8 +165,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     cpu_start = time.process_time()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = resolve_device(cfg.device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config_path = write_config(out / f"{cfg.name}.json", cfg.model_config)
@@ -290,7 +280,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
                     "torch": torch.__version__, "open_clip": open_clip.__version__},
         "scores": scores,
     }
-    _atomic_write_text(out / f"{cfg.name}.record.json", json.dumps(record, indent=2, default=_jsonable) + "\n")
+    write_text_atomic(out / f"{cfg.name}.record.json", json.dumps(record, indent=2, default=_jsonable) + "\n")
     return record
 
 
