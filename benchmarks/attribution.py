@@ -44,7 +44,7 @@ def build(n: int, t: int, d_sae: int, k: int, seed: int, device: torch.device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = open_clip.create_model("ViT-B-32")
-    head = Head.from_model(model)
+    head = Head.from_model(model).frozen()  # a copy: perturbed below
     with torch.no_grad():
         head.beta.normal_(0, 0.5)  # random init has beta = 0; the exact form must not rely on it
         head.gamma.mul_(1 + 0.2 * torch.randn_like(head.gamma))

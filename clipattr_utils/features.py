@@ -27,30 +27,24 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .data import ImageSet
+from .storage import resolve_cache_dir, write_json_atomic
+from .transform_key import TransformKeyError, describe_transform  # noqa: F401  (TransformKeyError re-exported)
 
-FORMAT_VERSION = 1
+# 2: preprocessing keyed structurally (`describe_transform`), not by repr().
+FORMAT_VERSION = 2
 # Errors that mean "this file is not a usable image" — anything else is a bug and propagates.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
 
 class SkippedImagesWarning(UserWarning):
     """Some images could not be decoded and were left out of the cache."""
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class FeatureCache:
@@ -148,9 +142,9 @@ def write_cache(path: str | os.PathLike, x: torch.Tensor | np.ndarray, labels: S
     np.save(tmp / "features.npy", x)
     np.save(tmp / "labels.npy", labels)
     (tmp / "ids.json").write_text(json.dumps(ids))
-    _write_json_atomic(tmp / "meta.json", {**body, "key": key, "n": n, "d": int(x.shape[1]),
-                                           "format": FORMAT_VERSION, "skipped": body.get("skipped", []),
-                                           "complete": True})
+    write_json_atomic(tmp / "meta.json", {**body, "key": key, "n": n, "d": int(x.shape[1]),
+                                          "format": FORMAT_VERSION, "skipped": body.get("skipped", []),
+                                          "complete": True})
     os.replace(tmp, path)
     return FeatureCache(path)
 
@@ -160,15 +154,24 @@ def write_cache(path: str | os.PathLike, x: torch.Tensor | np.ndarray, labels: S
 
 
 def cache_key(clip, image_set: ImageSet, layer: int, precision: str) -> dict:
-    """Everything that determines the cached rows. Two runs share a cache only if all match."""
+    """Everything that determines the cached rows. Two runs share a cache only if all match.
+
+    Every part is stable across processes (no memory addresses, no hash randomisation), so a
+    later session finds the cache an earlier one wrote.
+    """
     return {
         "format": FORMAT_VERSION,
         "model": clip.identity,
         "layer": int(layer),
-        "preprocess": repr(clip.preprocess),
+        "preprocess": describe_transform(clip.preprocess),
         "image_set": {"describe": image_set.describe(), "fingerprint": image_set.fingerprint()},
         "precision": precision,
     }
+
+
+def key_hash(key: dict) -> str:
+    """The short hash of a `cache_key` that names the cache folder."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _slug(text: str) -> str:
@@ -230,7 +233,7 @@ def _default_workers(device: torch.device) -> int:
     return min(8, cpus) if device.type == "cuda" else max(0, min(4, cpus - 1))
 
 
-def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike, batch_size: int = 64, layer: int = -1,
+def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = None, batch_size: int = 64, layer: int = -1,
             num_workers: int | None = None, strict: bool = False, progress: bool = True,
             autocast: bool | None = None) -> FeatureCache:
     """Class tokens (pre-``ln_post``) after block ``layer`` for every image; cached and resumable.
@@ -239,6 +242,7 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike, batch_size:
         clip: a `models.LoadedCLIP`.
         image_set: any `data.ImageSet`.
         cache_dir: folder holding caches; the subfolder name carries a hash of the full key.
+            None: the series' shared cache, :func:`clipattr_utils.storage.default_cache_dir`.
         batch_size: images per forward pass (fixed for a cache: a resumed run keeps the first).
         layer: transformer block whose output is cached (-1: the last, the paper's setting).
         num_workers: DataLoader decoding workers (default: cores - 1 on CPU, up to 8 on GPU).
@@ -255,9 +259,9 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike, batch_size:
     if n == 0:
         raise ValueError(f"extract: image set {image_set.describe()} is empty")
     key_dict = cache_key(clip, image_set, layer, precision)
-    key = hashlib.sha256(json.dumps(key_dict, sort_keys=True).encode()).hexdigest()[:20]
+    key = key_hash(key_dict)
     name = f"{_slug(clip.name)}-L{layer}-{_slug(image_set.describe().get('kind', 'images'))}-{key}"
-    cache_dir = Path(cache_dir)
+    cache_dir = resolve_cache_dir(cache_dir)
     final, work = cache_dir / name, cache_dir / (name + ".partial")
 
     if final.exists():
@@ -281,7 +285,7 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike, batch_size:
     else:
         features = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np.float32, shape=(n, d))
         state = {"key_full": key_dict, "batch_size": batch_size, "next_row": 0, "skipped": []}
-        _write_json_atomic(progress_path, state)
+        write_json_atomic(progress_path, state)
 
     start = state["next_row"]
     if num_workers is None:
@@ -307,7 +311,7 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike, batch_size:
             stop = min(start + (batch_no + 1) * batch_size, n)
             features.flush()  # rows reach the file before progress says they exist
             state["next_row"] = stop
-            _write_json_atomic(progress_path, state)
+            write_json_atomic(progress_path, state)
             bar.update(stop - bar.n)
     bar.close()
     del features
@@ -342,7 +346,7 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
         "skipped": state["skipped"], "batch_size": state["batch_size"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True,
     }
-    _write_json_atomic(work / "meta.json", meta)
+    write_json_atomic(work / "meta.json", meta)
     (work / "progress.json").unlink()
     os.replace(work, final)
     return FeatureCache(final)

@@ -20,6 +20,7 @@ import threading
 import urllib.error
 import urllib.request
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,7 +52,12 @@ class HubUnreachableError(RuntimeError):
 
 @dataclass
 class LoadedCLIP:
-    """A CLIP ready for the features-first flow."""
+    """A CLIP ready for the features-first flow.
+
+    ``head`` follows ``model`` (`Head.from_model`): loading other weights into ``model``
+    (``clip.model.load_state_dict(...)``) or replacing its ``visual.ln_post`` / ``visual.proj``
+    changes the head too. Assigning a new ``clip.model`` rebinds a head that followed the old one.
+    """
 
     model: torch.nn.Module
     preprocess: Callable
@@ -60,21 +66,41 @@ class LoadedCLIP:
     name: str
     pretrained: str | None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    _identity: dict | None = field(default=None, repr=False)
+    # (fingerprint of the vision tensors, sha256 of their values) as last hashed; see `identity`.
+    _identity: tuple | None = field(default=None, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        old = self.__dict__.get("model")
+        object.__setattr__(self, name, value)
+        if name == "model" and old is not None and value is not old:
+            head = self.__dict__.get("head")
+            if isinstance(head, Head) and head.source is old:
+                object.__setattr__(self, "head", Head.from_model(value))
 
     @property
     def identity(self) -> dict[str, Any]:
         """What determines the image features: name, weights source and a hash of the vision weights.
 
-        The hash makes random-init models and retrained local files distinct cache keys.
+        The hash makes random-init models, retrained local files and weights loaded later
+        (``clip.model.load_state_dict(...)``) distinct cache keys. It is recomputed whenever the
+        vision tower's tensors changed since the last hash: a tensor replaced or moved (new
+        ``data_ptr``), updated in place (autograd's ``_version``: ``load_state_dict``, optimiser
+        steps, ``with torch.no_grad(): p.mul_(...)``), added or removed. Writes through
+        ``p.data`` bypass the version counter; call ``clip.refresh_identity()`` after those.
         """
-        if self._identity is None:
+        state = self.model.visual.state_dict(keep_vars=True)  # the live tensors, not copies
+        if self._identity is None or not _same_state(self._identity[0], state):
             h = hashlib.sha256()
-            for key, tensor in sorted(self.model.visual.state_dict().items()):
+            for key, tensor in sorted(state.items()):
                 h.update(key.encode())
                 h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-            self._identity = {"name": self.name, "pretrained": self.pretrained, "visual_sha256": h.hexdigest()}
-        return self._identity
+            self._identity = (_state_fingerprint(state), h.hexdigest())
+        return {"name": self.name, "pretrained": self.pretrained, "visual_sha256": self._identity[1]}
+
+    def refresh_identity(self) -> dict[str, Any]:
+        """Hash the vision weights again (after writes the version counters cannot see)."""
+        self._identity = None
+        return self.identity
 
     @property
     def d_pre(self) -> int:
@@ -111,6 +137,23 @@ class LoadedCLIP:
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images -> (N, d_post) unnormalised embeddings (open_clip's own path)."""
         return self.model.encode_image(images.to(self.device)).float()
+
+
+def _state_fingerprint(state: dict[str, torch.Tensor]) -> list[tuple]:
+    # A weak reference tells a replaced tensor from one that reuses a freed address.
+    return [(key, weakref.ref(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
+            for key, t in state.items()]
+
+
+def _same_state(fingerprint: list[tuple], state: dict[str, torch.Tensor]) -> bool:
+    """True when ``state`` holds the very tensors of ``fingerprint``, unmodified since."""
+    if len(fingerprint) != len(state):
+        return False
+    for (key, ref, ptr, version, shape, dtype, device), (key2, t) in zip(fingerprint, state.items()):
+        if (key != key2 or ref() is not t or t.data_ptr() != ptr or t._version != version
+                or tuple(t.shape) != shape or t.dtype != dtype or str(t.device) != device):
+            return False
+    return True
 
 
 def _autocast(device: torch.device):
@@ -300,7 +343,7 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: st
         _load_weights(model, checkpoint)
     model = model.to(device).eval()
     return LoadedCLIP(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(name),
-                      head=Head.from_model(model).to(device), name=name, pretrained=source, device=device)
+                      head=Head.from_model(model), name=name, pretrained=source, device=device)
 
 
 @contextlib.contextmanager

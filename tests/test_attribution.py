@@ -54,7 +54,7 @@ def vitb32_head() -> Head:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = open_clip.create_model("ViT-B-32")
-    head = Head.from_model(model)
+    head = Head.from_model(model).frozen()  # a copy: the test perturbs it
     assert torch.all(head.beta == 0), "random-init open_clip heads have beta = 0; the test sets its own"
     return _perturb_head(head, seed=1)
 
@@ -187,7 +187,7 @@ def _sandbox_head() -> Head:
         pytest.skip(f"sandbox model weights {SANDBOX_WEIGHTS.relative_to(ROOT)} do not exist yet")
     from clipattr_utils.models import load_clip
 
-    return load_clip("sandbox").head
+    return load_clip("sandbox").head.frozen()  # a copy: the test perturbs it
 
 
 def test_act_grad_matches_autograd_sandbox_head():

@@ -1,12 +1,44 @@
 """Image sets: real ImageNet photos, ISIC 2019 layout, generic folders, colour modes, bad input."""
 
 import csv
+import os
+import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from clipattr_utils.data import ISIC2019, ImageFolder, ImageNetFolder, imagenet_wnids, to_rgb
+from conftest import REPO, require_shared_data
+
+
+def test_missing_shared_data_skips_for_users_and_fails_in_ci(tmp_path, monkeypatch):
+    missing = tmp_path / "imagenet-sample"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"imagenet-sample.*is missing.*set CI=true"):
+        require_shared_data(missing, "The sample")
+    for value in ("false", "0", ""):
+        monkeypatch.setenv("CI", value)
+        with pytest.raises(pytest.skip.Exception):
+            require_shared_data(missing, "The sample")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"imagenet-sample.*CI=true requires it"):
+        require_shared_data(missing, "The sample")
+    missing.mkdir()
+    assert require_shared_data(missing, "The sample") == missing
+
+
+def test_ci_entry_point_exports_ci_and_runs_make_test(tmp_path):
+    """.ci/run with a stand-in `make` on PATH: it must call `make test` with CI=true."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "make"
+    fake.write_text(f'#!/bin/sh\necho "CI=$CI args=$*" > {tmp_path / "called"}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("CI", None)
+    subprocess.run(["bash", str(REPO / ".ci" / "run")], env=env, check=True, timeout=60)
+    assert (tmp_path / "called").read_text().strip() == "CI=true args=test"
 
 
 def test_imagenet_folder_on_real_photos(imagenet_sample):

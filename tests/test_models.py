@@ -3,6 +3,8 @@
 import time
 import warnings
 
+import torch.nn as nn
+
 import open_clip
 import pytest
 import torch
@@ -76,6 +78,31 @@ def test_identity_separates_weights(clip_tiny):
     same, other = tiny_clip(seed=0), tiny_clip(seed=1)
     assert same.identity["visual_sha256"] == clip_tiny.identity["visual_sha256"]
     assert other.identity["visual_sha256"] != clip_tiny.identity["visual_sha256"]
+
+
+def test_identity_follows_weights_loaded_later(tmp_path):
+    clip = load_clip("sandbox")
+    original = {k: v.clone() for k, v in clip.model.state_dict().items()}
+    sha0 = clip.identity["visual_sha256"]
+    perturbed = {k: v * 1.5 + 0.01 if k.startswith("visual.ln_post") else v for k, v in original.items()}
+    clip.model.load_state_dict(perturbed)  # in place: same tensors, new values
+    sha1 = clip.identity["visual_sha256"]
+    assert sha1 != sha0
+    # The memo agrees with a fresh, never-memoised load of the same weights.
+    path = tmp_path / "perturbed.safetensors"
+    save_file({k: v.contiguous() for k, v in perturbed.items()}, str(path))
+    assert load_clip("sandbox", pretrained=path).identity["visual_sha256"] == sha1
+
+    with torch.no_grad():
+        clip.model.visual.proj.mul_(2)  # an in-place update (like an optimiser step)
+    sha2 = clip.identity["visual_sha256"]
+    assert sha2 not in (sha0, sha1)
+    clip.model.visual.proj = nn.Parameter(original["visual.proj"].clone())  # a replaced parameter
+    assert clip.identity["visual_sha256"] == sha1
+    clip.model.load_state_dict(original)
+    assert clip.identity["visual_sha256"] == sha0  # same values, same hash
+    clip.model.visual.proj.data.mul_(3)  # .data writes do not bump the version counter ...
+    assert clip.refresh_identity()["visual_sha256"] not in (sha0, sha1, sha2)  # ... refresh_identity sees them
 
 
 def test_encode_text_is_normalized_and_batch_invariant(clip_tiny):

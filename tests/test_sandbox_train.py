@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,8 @@ def test_cli_smoke_run_writes_loadable_model(cli_run):
     rec = json.loads((out / "sandbox.record.json").read_text())
     assert rec["steps"] == 2 and rec["seed"] == 3
     assert "--max-steps 2" in rec["command"]
-    assert all(l == l and l > 0 for l in rec["loss_curve_every_50"])  # finite, positive
+    losses = rec["loss_curve_every_50"]
+    assert losses and all(isinstance(l, (int, float)) and math.isfinite(l) and l > 0 for l in losses), losses
     assert rec["data"]["objects"]["n"] == 32 and rec["data"]["lesions"]["n"] == 8
     assert not list(out.glob("*.tmp"))
 
