@@ -103,7 +103,8 @@ def test_hub_repo_id_goes_through_snapshot_download(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     monkeypatch.chdir(tmp_path)  # the repo id must not exist as a local path
     back = TopKSAE.load("someone/clip-saes", subfolder="sandbox-L-1", revision="v1")
-    assert calls == [("someone/clip-saes", "v1", ["sandbox-L-1/sae.safetensors", "sandbox-L-1/cfg.json"])]
+    assert calls == [("someone/clip-saes", "v1", [f"sandbox-L-1/{name}" for name in sae_io.HUB_PATTERNS])]
+    assert {"sandbox-L-1/sae.safetensors", "sandbox-L-1/cfg.json"} <= set(calls[0][2])
     assert torch.equal(back.W_dec, sae.W_dec)
 
     def failing(*args, **kwargs):

@@ -1,93 +1,90 @@
-"""Save and load top-k SAEs: ``sae.safetensors`` + ``cfg.json`` in one folder.
+"""Save and load top-k SAEs: our layout, and the published layouts users already have.
 
-The layout follows EleutherAI's *sparsify* (one folder per SAE holding ``sae.safetensors``
-and ``cfg.json``) with SAELens' tensor names:
+Our layout: one folder holding ``sae.safetensors`` + ``cfg.json`` (EleutherAI sparsify's
+file names) with SAELens' tensor names:
 
     W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc (d_sae,), b_dec (d_in,)
 
-``cfg.json`` carries the architecture (``d_in``, ``d_sae``, ``k``, ``relu``), the format
-version and :attr:`TopKSAE.meta` (the model / feature-cache identity the SAE was trained
-on, the training config, metrics). Folders written by sparsify itself (``encoder.weight``
-(d_sae, d_in), ``encoder.bias``, ``W_dec``, ``b_dec``; ``num_latents`` / ``expansion_factor``
-in cfg.json) load too: its encoder is ReLU then top-k, our ``relu=True``.
+``cfg.json`` carries the architecture (``d_in``, ``d_sae``, ``k``, ``relu``), ``"format":
+"clipattr-topk-sae"`` and its version, and :attr:`TopKSAE.meta` (the model / feature-cache
+identity the SAE was trained on, the training config, metrics).
 
-Loading is strict: a missing tensor, a tensor whose shape disagrees with cfg.json, or a
-feature width other than the caller's ``d_in`` raises an error naming both shapes. There
-is no fallback to random weights.
+:func:`load_sae` (and ``TopKSAE.load``) also reads, picking the reader from the files present
+(:func:`.formats.detect_layout`):
+
+* SAELens folders (``cfg.json`` + ``sae_weights.safetensors``) — :mod:`.formats_saelens`;
+* EleutherAI sparsify folders (``cfg.json`` without our ``format`` key + ``sae.safetensors``)
+  — :mod:`.formats_sparsify`;
+* ViT-Prisma CLIP SAEs (``config.json`` + ``weights.pt``) — :mod:`.published`.
+
+Each refuses, naming the file and the config key, every setting this top-k SAE cannot
+reproduce. :func:`save_sae` with ``format="saelens"`` (or :func:`save_saelens`) exports to
+SAELens. Loading is strict: a missing tensor, a tensor whose shape disagrees with the config,
+or a feature width other than the caller's ``d_in`` raises an error naming both shapes.
+There is no fallback to random weights.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ..storage import save_tensors_atomic, write_json_atomic  # noqa: F401  (re-exported: sae.train, notebooks)
+from .formats import (CFG_JSON, CLIPATTR, LAYOUTS, OUR_FORMAT, OUR_TENSORS, OUR_WEIGHTS, PRISMA, PRISMA_CONFIG,
+                      SAELENS, SAELENS_WEIGHTS, SPARSIFY, FormatError, SAEParts, UnknownLayoutError, build_sae,
+                      check_shapes, detect_layout, read_json, require_int, warn_unit_norm)
+from .formats_saelens import read_saelens, save_saelens
+from .formats_sparsify import read_sparsify
 from .model import TopKSAE
+from .published import check_compatible, open_clip_identity, read_prisma
 
-WEIGHTS_NAME = "sae.safetensors"
-CONFIG_NAME = "cfg.json"
-FORMAT = "clipattr-topk-sae"
+WEIGHTS_NAME = OUR_WEIGHTS
+CONFIG_NAME = CFG_JSON
+FORMAT = OUR_FORMAT
 FORMAT_VERSION = 1
 _ARCH_KEYS = ("architecture", "d_in", "d_sae", "k", "relu")
+_RESERVED = _ARCH_KEYS + ("format", "format_version", "dtype")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What a hub download fetches (each prefixed with the subfolder when one is given): every
+# layout's config and weight names. "*.pt" covers Prisma's weights.pt and older n_images_*.pt.
+HUB_PATTERNS = (OUR_WEIGHTS, CFG_JSON, SAELENS_WEIGHTS, PRISMA_CONFIG, "*.pt", "*.pth")
+SAVE_FORMATS = ("clipattr", "saelens")
+
+__all__ = ["save_sae", "load_sae", "save_saelens", "check_compatible", "open_clip_identity", "resolve",
+           "detect_layout", "FormatError", "UnknownLayoutError", "LAYOUTS", "write_json_atomic",
+           "save_tensors_atomic", "WEIGHTS_NAME", "CONFIG_NAME", "FORMAT", "FORMAT_VERSION"]
 
 
-def _atomic_write_bytes(path: Path, writer) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def save_sae(sae: TopKSAE, directory: str | os.PathLike, *, format: str = "clipattr", **meta: Any) -> Path:
+    """Write ``sae`` into ``directory``; returns the folder.
 
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """JSON to ``path`` through a temp file and ``os.replace`` (readers never see half a file)."""
-
-    def writer(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, default=_json_default)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic_write_bytes(Path(path), writer)
-
-
-def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """safetensors to ``path`` atomically; tensors are made contiguous CPU copies."""
-    flat = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    _atomic_write_bytes(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=metadata))
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in cfg.json")
-
-
-def save_sae(sae: TopKSAE, directory: str | os.PathLike, **meta: Any) -> Path:
-    """Write ``directory/sae.safetensors`` and ``directory/cfg.json``; returns the folder.
+    ``format="clipattr"`` (default): ``sae.safetensors`` + ``cfg.json`` in our layout.
+    ``format="saelens"``: an SAELens folder (see :func:`save_saelens`; ``model_name=`` and
+    ``hook_name=`` are accepted there).
 
     ``meta`` entries are merged into ``sae.meta`` (and so into cfg.json). Each file is
     written atomically; the weights go first, so a cfg.json always describes complete
     weights.
     """
+    if format == "saelens":
+        return save_saelens(sae, directory, **meta)
+    if format != "clipattr":
+        raise ValueError(f"save_sae: format={format!r}; choose one of {SAVE_FORMATS}")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    sae.meta.update(meta)
-    clash = set(sae.meta) & set(_ARCH_KEYS + ("format", "format_version", "dtype"))
+    clash = set(meta) & set(_RESERVED)
     if clash:
         raise ValueError(f"save_sae: meta keys {sorted(clash)} are reserved for the architecture")
-    tensors = {"W_enc": sae.W_enc, "W_dec": sae.W_dec, "b_enc": sae.b_enc, "b_dec": sae.b_dec}
+    sae.meta.update(meta)
+    clash = set(sae.meta) & set(_RESERVED)
+    if clash:
+        raise ValueError(f"save_sae: meta keys {sorted(clash)} are reserved for the architecture")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: getattr(sae, name) for name in OUR_TENSORS}
     save_tensors_atomic(directory / WEIGHTS_NAME, tensors, metadata={"format": "pt", "d_in": str(sae.d_in),
                                                                      "d_sae": str(sae.d_sae), "k": str(sae.k)})
     cfg = {**sae.config(), "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -96,15 +93,55 @@ def save_sae(sae: TopKSAE, directory: str | os.PathLike, **meta: Any) -> Path:
     return directory
 
 
-def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revision: str | None = None) -> Path:
-    """A local SAE folder for ``path_or_repo``: the folder itself, or a Hugging Face download."""
+def _read_clipattr(folder: Path, weights_path: Path | None = None) -> SAEParts:
+    """Our own layout."""
+    cfg_path, weights_path = folder / CONFIG_NAME, Path(weights_path or folder / WEIGHTS_NAME)
+    cfg = read_json(cfg_path)
+    version = cfg.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise FormatError(f"{cfg_path}: format_version={version!r}; this package reads version {FORMAT_VERSION}")
+    arch = cfg.get("architecture", "topk")
+    if arch != "topk":
+        raise FormatError(f"{cfg_path}: architecture {arch!r} is not a top-k SAE")
+    d_in, d_sae, k = (require_int(cfg, key, cfg_path) for key in ("d_in", "d_sae", "k"))
+    relu = cfg.get("relu", True)
+    if not isinstance(relu, bool):
+        raise FormatError(f"{cfg_path}: relu={relu!r} is not true/false")
+    tensors = load_file(str(weights_path), device="cpu")
+    check_shapes(weights_path, cfg_path, d_in, d_sae, tensors, {
+        "W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)})
+    extra = sorted(set(tensors) - set(OUR_TENSORS))
+    if extra:
+        raise FormatError(f"{weights_path}: holds tensor(s) {extra} besides {list(OUR_TENSORS)}")
+    meta = {key: value for key, value in cfg.items() if key not in _RESERVED}
+    return SAEParts(CLIPATTR, d_in, d_sae, k, relu, tensors, meta, weights_path)
+
+
+READERS: dict[str, Callable[[Path, Path | None], SAEParts]] = {
+    CLIPATTR: _read_clipattr, SPARSIFY: read_sparsify, SAELENS: read_saelens, PRISMA: read_prisma,
+}
+
+
+def _split_file(path: Path) -> tuple[Path, str | None]:
+    """A path to a file -> (its folder, its name as the weights to use)."""
+    if path.is_file():
+        return path.parent, path.name
+    return path, None
+
+
+def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revision: str | None = None,
+            *, with_hint: bool = False) -> Path | tuple[Path, str | None]:
+    """A local SAE folder for ``path_or_repo``: the folder itself, or a Hugging Face download.
+
+    A path to a file inside the folder (``.../weights.pt``) selects that file as the weights.
+    With ``with_hint`` the return value is ``(folder, file name or None)``.
+    """
     local = Path(path_or_repo)
-    if local.is_file() and local.name == WEIGHTS_NAME:
-        local = local.parent
     if subfolder:
         local = local / subfolder
-    if local.is_dir():
-        return local
+    folder, hint = _split_file(local)
+    if folder.is_dir():
+        return (folder, hint) if with_hint else folder
     text = str(path_or_repo)
     if not _REPO_ID.match(text):
         raise FileNotFoundError(f"TopKSAE.load: {local} is not a folder (and {text!r} is not a Hugging Face repo id)")
@@ -113,8 +150,8 @@ def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revis
     except ImportError as err:  # pragma: no cover - huggingface_hub ships with open_clip
         raise ImportError(f"TopKSAE.load: {text!r} is not a local folder and huggingface_hub is not installed "
                           "to download it") from err
-    patterns = [f"{subfolder.strip('/')}/{name}" for name in (WEIGHTS_NAME, CONFIG_NAME)] if subfolder \
-        else [WEIGHTS_NAME, CONFIG_NAME]
+    prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+    patterns = [prefix + name for name in HUB_PATTERNS]
     try:
         root = Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
     except Exception as err:  # network, auth, missing repo: keep the cause, say what was tried
@@ -122,77 +159,46 @@ def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revis
             f"TopKSAE.load: {text!r} is not a local folder (looked in {local.resolve()}) and downloading it "
             f"from the Hugging Face Hub failed ({type(err).__name__}: {err})") from err
     folder = root / subfolder if subfolder else root
-    if not (folder / WEIGHTS_NAME).is_file():
-        missing = folder.relative_to(root) / WEIGHTS_NAME
-        raise FileNotFoundError(f"TopKSAE.load: Hugging Face repo {text!r} has no {missing}")
-    return folder
-
-
-def _architecture(cfg: dict, where: Path) -> dict:
-    """Normalise our cfg.json and sparsify's to (d_in, d_sae, k, relu)."""
-    if "d_in" not in cfg or "k" not in cfg:
-        raise ValueError(f"{where}: cfg.json lacks d_in or k, got keys {sorted(cfg)}")
-    d_in = int(cfg["d_in"])
-    if "d_sae" in cfg:
-        d_sae = int(cfg["d_sae"])
-    elif cfg.get("num_latents"):  # sparsify
-        d_sae = int(cfg["num_latents"])
-    elif cfg.get("expansion_factor"):
-        d_sae = int(cfg["expansion_factor"]) * d_in
-    else:
-        raise ValueError(f"{where}: cfg.json gives no width (d_sae, num_latents or expansion_factor)")
-    arch = cfg.get("architecture", "topk")
-    if arch != "topk":
-        raise ValueError(f"{where}: architecture {arch!r} is not a top-k SAE")
-    return {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": int(cfg["k"]),
-            "relu": bool(cfg.get("relu", True))}
+    if not folder.is_dir():
+        raise FileNotFoundError(f"TopKSAE.load: Hugging Face repo {text!r} has no folder {subfolder!r}")
+    return (folder, None) if with_hint else folder
 
 
 def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
-             revision: str | None = None, device: str | torch.device = "cpu") -> TopKSAE:
+             revision: str | None = None, device: str | torch.device = "cpu", clip: Any = None) -> TopKSAE:
     """Load an SAE folder (local, or a Hugging Face repo id with optional ``subfolder``).
 
+    The layout (ours, SAELens, sparsify, Prisma) is picked from the files present; see the
+    module docstring. Settings this top-k SAE cannot reproduce are refused (:class:`FormatError`,
+    naming the file and key).
+
     Args:
-        path_or_repo: folder with sae.safetensors + cfg.json, or ``"owner/repo"``.
+        path_or_repo: a folder, a weights file inside one (``.../weights.pt``), or
+            ``"owner/repo"``.
         d_in: the width of the features it will be applied to (e.g. ``head.d_pre``); a
             mismatch raises, naming both shapes.
         subfolder: folder inside the repo or path (sparsify stores one per hookpoint).
         revision: hub revision (branch, tag or commit).
         device: where the parameters go.
+        clip: a ``models.LoadedCLIP`` to check the SAE against (:func:`check_compatible`:
+            width, model name / pretrained tag, layer); also supplies ``d_in``.
+
+    ``sae.meta`` records the provenance: ``source``, and for imported layouts
+    ``source_format``, ``source_config``, and where known ``model_name``, ``hook_name``,
+    ``layer`` (the ``layer=`` of ``features.extract``) and ``open_clip``.
     """
-    folder = resolve(path_or_repo, subfolder, revision)
-    cfg_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    for p in (cfg_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"TopKSAE.load: missing {p}")
-    cfg = json.loads(cfg_path.read_text())
-    arch = _architecture(cfg, cfg_path)
-    if d_in is not None and int(d_in) != arch["d_in"]:
-        raise ValueError(f"TopKSAE.load: the SAE in {folder} was trained on features of width d_in={arch['d_in']} "
-                         f"(W_dec shape ({arch['d_sae']}, {arch['d_in']})), but the features here have width "
+    folder, hint = resolve(path_or_repo, subfolder, revision, with_hint=True)
+    layout, weights_path = detect_layout(folder, hint)
+    parts = READERS[layout](folder, weights_path)
+    if d_in is None and clip is not None:
+        d_in = int(clip.d_pre)
+    if d_in is not None and int(d_in) != parts.d_in:
+        raise ValueError(f"TopKSAE.load: the SAE in {folder} was trained on features of width d_in={parts.d_in} "
+                         f"(W_dec shape ({parts.d_sae}, {parts.d_in})), but the features here have width "
                          f"d_in={d_in} (shape (N, {d_in}))")
-    tensors = load_file(str(weights_path), device="cpu")
-    if "W_enc" not in tensors and "encoder.weight" in tensors:  # sparsify naming
-        tensors["W_enc"] = tensors.pop("encoder.weight").t()
-        tensors["b_enc"] = tensors.pop("encoder.bias")
-    expected = {"W_enc": (arch["d_in"], arch["d_sae"]), "W_dec": (arch["d_sae"], arch["d_in"]),
-                "b_enc": (arch["d_sae"],), "b_dec": (arch["d_in"],)}
-    missing = [name for name in expected if name not in tensors]
-    if missing:
-        raise ValueError(f"TopKSAE.load: {weights_path} lacks tensors {missing} (has {sorted(tensors)})")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"TopKSAE.load: {weights_path} holds {name} of shape {tuple(tensors[name].shape)}, "
-                             f"but cfg.json (d_in={arch['d_in']}, d_sae={arch['d_sae']}) implies {shape}")
-    sae = TopKSAE(arch["d_in"], arch["d_sae"], arch["k"], arch["relu"])
-    with torch.no_grad():
-        for name in expected:
-            getattr(sae, name).copy_(tensors[name])  # copy_ keeps the latent-major W_enc layout
-    sae.meta = {key: value for key, value in cfg.items()
-                if key not in _ARCH_KEYS + ("format", "format_version", "dtype")}
+    sae = build_sae(parts)
     sae.meta.setdefault("source", str(path_or_repo) + (f"/{subfolder}" if subfolder else ""))
-    norms = sae.decoder_norms()
-    if (norms - 1).abs().max() > 1e-3:
-        warnings.warn(f"TopKSAE.load: decoder rows in {weights_path} are not unit norm (range "
-                      f"{norms.min():.4f}..{norms.max():.4f}); the paper's Eq. 9 assumes ||v_j|| = 1")
+    warn_unit_norm(sae, parts.weights_path)
+    if clip is not None:
+        check_compatible(sae, clip)
     return sae.to(device)
