@@ -27,7 +27,7 @@ from .faithfulness import evaluate as evaluate_faithfulness
 from .features import FeatureCache, extract, write_cache
 from .head import Head
 from .models import LoadedCLIP, load_clip, supported_models
-from .sae import TopKSAE, TrainConfig, TrainResult, load_sae, save_sae
+from .sae import TopKSAE, TrainConfig, TrainResult, check_compatible, load_sae, save_sae, save_saelens
 from .sae import evaluate as evaluate_sae
 from .sae import train as train_sae
 from .storage import default_cache_dir, resolve_device, resolve_out_dir
@@ -39,7 +39,8 @@ __all__ = [
     "load_clip", "LoadedCLIP", "supported_models", "ImageNetFolder", "ImageFolder", "ISIC2019", "TensorImageSet",
     "extract", "FeatureCache", "write_cache", "default_cache_dir", "resolve_device", "resolve_out_dir",
     # features -> SAE
-    "TopKSAE", "TrainConfig", "TrainResult", "train_sae", "evaluate_sae", "load_sae", "save_sae",
+    "TopKSAE", "TrainConfig", "TrainResult", "train_sae", "evaluate_sae", "load_sae", "save_sae", "save_saelens",
+    "check_compatible",
     # SAE -> head -> scores
     "Head", "act_grad", "act_grad_paper", "integrated_gradients", "logit_lens", "act_logit_lens", "energy",
     "random_scores", "Readout", "readout_from_sklearn", "Attribution", "TopAttribution", "mean_relevance",

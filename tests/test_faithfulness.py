@@ -340,7 +340,6 @@ def test_random_reference_order_is_uniform_over_the_reference_union():
 
 def test_random_orders_through_evaluate_differ_across_classes_and_samples_and_follow_the_seed(world):
     head, sae, x, labels, text = world
-    cfg = fa.FaithfulnessConfig(steps=4, n_random_ref=20, seed=3)
     run = lambda seed: fa.evaluate(x, labels, sae, head, text, methods=["Random"], progress=False,  # noqa: E731
                                    config=fa.FaithfulnessConfig(steps=4, n_random_ref=20, seed=seed))
     a, b, c = run(3), run(3), run(4)

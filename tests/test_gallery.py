@@ -14,7 +14,7 @@ from clipattr_utils import faithfulness as fa
 from clipattr_utils import gallery
 from clipattr_utils.attribution import act_grad, energy
 from clipattr_utils.head import Head
-from clipattr_utils.sae.model import EncoderOutput, TopKSAE
+from clipattr_utils.sae.model import TopKSAE
 
 
 @pytest.fixture(scope="module")
