@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from .storage import resolve_cache_dir
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 
@@ -43,7 +45,7 @@ def run_series(preset: str = "sandbox", out: Path | None = None, only: list[str]
         raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out) if out else REPO / "runs" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(cache_dir) if cache_dir else REPO / ".cache"
+    cache_dir = resolve_cache_dir(cache_dir)
     notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     if only:
         notebooks = [p for p in notebooks if p.name[:2] in only]

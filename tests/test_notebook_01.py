@@ -64,3 +64,20 @@ def test_notebook_runs_on_sandbox(tmp_path):
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == epochs and len(state["steps"]) == epochs * 4  # 400 rows / batch 100
     assert (out / "training_curves.png").stat().st_size > 10_000
+
+    # Independent check of the reported held-out FVU: dense reconstruction from the saved
+    # weights by hand (ReLU, top-k by sorting, decoder sum), against the held-out features.
+    import numpy as np
+    import torch
+
+    val = [p.parent for p in (tmp_path / "features").glob("*/meta.json")
+           if json.loads(p.read_text())["n"] == n_val]
+    assert len(val) == 1
+    x = torch.from_numpy(np.load(val[0] / "features.npy")).double()
+    W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).detach().double() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    pre = torch.relu((x - b_dec) @ W_enc + b_enc)
+    kth = pre.sort(dim=1, descending=True).values[:, 7:8]
+    a = torch.where(pre >= kth, pre, torch.zeros_like(pre))
+    x_hat = a @ W_dec + b_dec
+    fvu = float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    assert metrics["held-out"]["fvu"] == pytest.approx(fvu, rel=1e-4)
