@@ -1,6 +1,6 @@
 """Closed-form Act x Grad vs the authors' autograd recipe, side by side.
 
-Setup (issue 5): N = 2048 samples x T = 1000 prompts, d_in = 768, d_sae = 30000, k = 64,
+Setup: N = 2048 samples x T = 1000 prompts, d_in = 768, d_sae = 30000, k = 64,
 random-init open_clip ViT-B-32 head (with a nonzero random LayerNorm bias), random SAE.
 
 * closed form: ``attribution.act_grad`` for all N x T (cold: includes building the cached

@@ -1,6 +1,6 @@
 """Speed of one SAE training step: sparse-aware (ours) vs a dense masked step vs the encoder GEMM.
 
-Goal (issue 4): at d_in=768, d_sae=30000, k=64, batch 4096, our full training step
+Goal: at d_in=768, d_sae=30000, k=64, batch 4096, our full training step
 (forward, loss, backward, decoder-gradient projection, AdamW, renormalisation) is
 >= 2.5x faster than the same step written with a dense (batch, d_sae) activation matrix,
 and <= 1.5x the time of the encoder GEMM alone (the one dense product a top-k SAE cannot avoid).
