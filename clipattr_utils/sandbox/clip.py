@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 import open_clip
 import torch
 
+from ..storage import write_text_atomic
+
 MODEL_NAME = "sandbox"
 LABELER_NAME = "sandbox-labeler"
 
@@ -57,10 +59,7 @@ def write_config(path: str | Path, config: dict | None = None) -> Path:
     """Write an open_clip model config JSON atomically; the file stem is the model name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config or SANDBOX_CONFIG, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(config or SANDBOX_CONFIG, indent=2) + "\n")
 
 
 def register(config_path: str | Path) -> str:
