@@ -8,6 +8,7 @@ declares, so presets can carry settings for several notebooks at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,8 @@ def run_series(preset: str = "sandbox", out: Path | None = None, only: list[str]
         shared = {**produced, "cache_dir": str(cache_dir.resolve()), "out_dir": str((out / path.stem).resolve())}
         params = {k: v for k, v in {**shared, **settings.get(path.name[:2], {})}.items() if k in declared}
         print(f"[series] {path.name} {params}", flush=True)
+        # Batch runs render the widgets as static tables and figures (clipattr_utils.widgets).
+        os.environ.setdefault("CLIPATTR_STATIC", "1")
         papermill.execute_notebook(str(path), str(out / path.name), parameters=params, kernel_name="python3",
                                    cwd=str(notebooks_dir), progress_bar=False)
         # The SAE trained by 01 is the one the later notebooks explain (no second training).

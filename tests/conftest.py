@@ -15,6 +15,9 @@ from _tiny import tiny_clip  # noqa: E402
 
 IMAGENET_SAMPLE = REPO.parent / "shared" / "imagenet-sample" / "val"
 
+# Notebooks executed by the tests (papermill) render widgets statically, as batch runs do.
+os.environ.setdefault("CLIPATTR_STATIC", "1")
+
 
 def in_ci() -> bool:
     """True when the environment variable CI says so (``.ci/run`` exports CI=true)."""
