@@ -1,17 +1,65 @@
 """The shipped sandbox CLIP: loads by name with no network, and every planted mode is in it.
 
-Thresholds are the issue's "Done when" list; image counts are small (a few hundred images
-through a 64x64 ViT) so the file stays fast. Numbers on larger sets are in the training
-record and README.
+Each planted mode has a measurement ``measure_<mode>(clip)`` (fixed image counts `N`, image
+seed `SEED` = 5; the training record measured on seed 0) and a check
+``check_<mode>(result) -> list[str]``: empty when the mode is present, else the reasons.
+Every check is asserted empty on the shipped model and NON-empty on a random-init sandbox
+CLIP for each torch seed in `RANDOM_INIT_SEEDS`, so each test is shown to fail on a model
+that has not learned its mode. `test_record_scores_reproduce` only checks that the record's
+headline number reproduces; the evidence for the modes is the seeded checks below.
+
+Where the thresholds come from. Each value was measured at the counts in `N` on image seeds
+5, 11, 23, 31 and 47 (none used by the record), and at 3x those counts on seeds 5, 11, 23 to
+see the noise shrink. Margin rule: threshold = (min over the five seeds) - 3 SE, rounded down
+to 0.01, where SE is the larger of the seed-to-seed SD (s) and the sampling SE at these counts:
+binomial (b), Hanley-McNeil for an AUROC (h), the paired SEM `sem_melanoma` (p). For the gap of
+(a) the SE is the seed SD: Hanley-McNeil treats the two AUROCs as independent, but they share
+the boat images (seed SD 0.015 at 1x, 0.008 at 3x; the formula gives 0.032). "random-init" is
+the range over torch seeds 0 and 1 x the five image seeds (10 runs): every check fails on all
+10, and each criterion marked * fails on all 10 on its own (the (a) gap and the probe criteria
+of (e) do not, hence the extra criteria). The thresholds belong to the shipped weights:
+retraining the sandbox CLIP means measuring again.
+
+criterion                                  shipped, 5 seeds     3x counts    threshold            random-init
+                                           min-max (SD)                      (SE, source)         (10 runs)
+zero-shot top-1 (12 classes, 360 images)   0.925-0.939 (0.006)  0.928-0.935  0.88 (0.013 b) *     0.05-0.13
+(a) auc_valid                              0.973-0.991 (0.006)  0.972-0.981  0.94 (0.009 h) *     0.44-0.62
+(a) auc_valid - auc_spurious               0.167-0.206 (0.015)  0.195-0.211  0.12 (0.015 s)       -0.16-+0.53
+(a) score: non-boat on water - elsewhere   0.146-0.161 (0.006)  0.148-0.151  0.12 (0.006 s) *     -0.01-+0.10
+(b) mean_shift of zero-shot P(Y)           0.636-0.713 (0.032)  0.658-0.711  0.53 (0.032 s) *     -0.001-+0.003
+(b) frac_higher (64 pairs)                 1.000-1.000 (0)      1.000        0.95 (0.016 b) *     0.36-0.66
+(b) auc                                    0.978-0.997 (0.010)  0.986-0.997  0.94 (0.011 h) *     0.48-0.51
+(c) min over sprites of auc                0.984-0.995 (0.004)  0.992-0.995  0.94 (0.012 h) *     0.39-0.62
+(c) min over sprites of top-1 = "bat"      0.883-0.950 (0.026)  0.928-0.939  0.77 (0.036 b) *     0.00-0.05
+(c) min sprite mean score - others         0.340-0.432 (0.033)  0.367-0.391  0.24 (0.033 s) *     -0.02-+0.01
+(d) auc_head_vs_others                     0.763-0.882 (0.047)  0.816-0.836  0.62 (0.047 s) *     0.28-0.52
+(d) auc_valid (fire truck vs others)       1.000-1.000 (0)      1.000        0.98 (0.006 h) *     0.32-0.55
+(d) mean score: fire truck - fire          0.330-0.335 (0.002)  0.332-0.336  0.32 (0.002 s) *     -0.00-+0.02
+(d) mean score: fire - others              0.091-0.120 (0.011)  0.100-0.120  0.05 (0.011 s) *     -0.02-+0.00
+(e) probe drop_melanoma (points)           65.0-72.0 (2.6)      65.0-69.3    50 (4.8 p)           71-91
+(e) probe acc_melanoma (untinted)          0.830-0.910 (0.031)  0.857-0.867  0.73 (0.032 b)       0.82-0.91
+(e) probe acc_nevus_red - acc_nevus        0.370-0.480 (0.045)  0.370-0.433  0.20 (0.054 b)       0.44-0.70
+(e) zero-shot drop of P(melanoma), red hue 0.414-0.427 (0.005)  0.413-0.422  0.39 (0.005 s) *     -0.05-+0.06
+(e) zero-shot auc_diagnosis                0.810-0.837 (0.013)  0.824-0.841  0.72 (0.030 h) *     0.26-0.70
+labeler background top-1 (8, 240 images)  0.904-0.963 (0.023)  0.947 (s. 5) 0.83 (0.023 s) *     0.12-0.17
+labeler background top-1 - explained's    0.775-0.804 (0.012)  -            0.69 (0.028 b) *     -0.01-+0.04
+labeler object top-1 (240 images)          0.742-0.779 (0.014)  0.746 (s. 5) 0.65 (0.028 b) *     0.05-0.13
+
+The probe half of (e) (`shortcuts.lesion_red_hue`, the paper's Sec. 5.4 measurement) does not
+tell a trained CLIP from an untrained one: the probe learns the red hue from its own
+confounded training images, and random-init embeddings keep colour, so a random CLIP shows
+an even larger drop. What only the trained model shows is the zero-shot half
+(`shortcuts.lesion_zero_shot_red_hue`): its own captions tied the hue to "nevus".
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 
 from clipattr_utils import sandbox as sb
 from clipattr_utils.sandbox import shortcuts
@@ -19,8 +67,23 @@ from clipattr_utils.sandbox import shortcuts
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data" / "sandbox"
 WEIGHTS = DATA / "sandbox.safetensors"
+LABELER = DATA / "sandbox-labeler.safetensors"
 
 pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"shipped weights missing: {WEIGHTS.name}")
+
+SEED = 5
+RANDOM_INIT_SEEDS = (0, 1)
+N = dict(zero_shot=360, spurious=120, typography=16, polysemy=60, compound=120, lesion_train=800, lesion_test=100,
+         background=240, labeler_zero_shot=240)
+
+
+def _load_random(name: str, torch_seed: int):
+    from clipattr_utils.models import RandomWeightsWarning, load_clip
+
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        torch.manual_seed(torch_seed)
+        return load_clip(name, pretrained="random")
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +94,112 @@ def clip():
 
 
 @pytest.fixture(scope="module")
+def random_clips():
+    return {s: _load_random("sandbox", s) for s in RANDOM_INIT_SEEDS}
+
+
+@pytest.fixture(scope="module")
 def record():
     return json.loads((DATA / "sandbox.record.json").read_text())
 
+
+def _unmet(*criteria) -> list[str]:
+    """Reasons for every (name, value, threshold) whose value is not >= threshold (NaN fails)."""
+    return [f"{name} = {value:.3f} < {threshold}" for name, value, threshold in criteria if not value >= threshold]
+
+
+def _shown_and_controlled(measure, check, clip, random_clips):
+    """The check passes on the shipped model and fails on every random-init one."""
+    r = measure(clip)
+    assert check(r) == [], f"{check.__name__} on the shipped model: {check(r)}\n{r}"
+    for s, rc in random_clips.items():
+        rr = measure(rc)
+        assert check(rr), f"{check.__name__} passes on a random-init CLIP (torch seed {s}): too weak\n{rr}"
+    return r
+
+
+# ---------------------------------------------------------------- measurements and checks
+
+def measure_zero_shot(clip):
+    return shortcuts.zero_shot(clip, n=N["zero_shot"], seed=SEED)
+
+
+def check_zero_shot(r) -> list[str]:
+    return _unmet(("top-1", r.accuracy, 0.88))
+
+
+def measure_spurious(clip):
+    return shortcuts.spurious_background(clip, n_per_group=N["spurious"], seed=SEED)
+
+
+def check_spurious(r) -> list[str]:
+    return _unmet(("auc_valid", r.auc_valid, 0.94),
+                  ("auc_valid - auc_spurious", r.auc_valid - r.auc_spurious, 0.12),
+                  ("mean_score_spurious - mean_score_valid", r.mean_score_spurious - r.mean_score_valid, 0.12))
+
+
+def measure_typography(clip):
+    return shortcuts.typography(clip, n_per_word=N["typography"], seed=SEED)
+
+
+def check_typography(r) -> list[str]:
+    return _unmet(("mean_shift", r.mean_shift, 0.53), ("frac_higher", r.frac_higher, 0.95),
+                  ("auc", r.auc, 0.94))
+
+
+def measure_polysemy(clip):
+    return shortcuts.polysemy(clip, n_per_group=N["polysemy"], seed=SEED)
+
+
+def check_polysemy(r) -> list[str]:
+    if set(r.auc_per_sprite) != set(sb.POLYSEMOUS_SPRITES):
+        return [f"sprites {sorted(r.auc_per_sprite)} != {sorted(sb.POLYSEMOUS_SPRITES)}"]
+    return _unmet(("min auc over sprites", min(r.auc_per_sprite.values()), 0.94),
+                  ("min top-1 over sprites", min(r.top1_per_sprite.values()), 0.77),
+                  ("min sprite mean score - mean_score_others",
+                   min(r.mean_score_per_sprite.values()) - r.mean_score_others, 0.24))
+
+
+def measure_compound(clip):
+    return shortcuts.compound_noun(clip, n_per_group=N["compound"], seed=SEED)
+
+
+def check_compound(r) -> list[str]:
+    # The prompt ranks the head word's images above every other non-class image; true fire
+    # trucks still rank first (the sprite is unambiguous), so auc_spurious can sit at 1.0.
+    return _unmet(("auc_head_vs_others", r.auc_head_vs_others, 0.62), ("auc_valid", r.auc_valid, 0.98),
+                  ("mean_score_compound - mean_score_head", r.mean_score_compound - r.mean_score_head, 0.32),
+                  ("mean_score_head - mean_score_others", r.mean_score_head - r.mean_score_others, 0.05))
+
+
+def measure_lesion(clip):
+    return (shortcuts.lesion_red_hue(clip, n_train=N["lesion_train"], n_test_per_class=N["lesion_test"], seed=SEED),
+            shortcuts.lesion_zero_shot_red_hue(clip, n_test_per_class=N["lesion_test"], seed=SEED))
+
+
+def check_lesion(r) -> list[str]:
+    probe, zs = r
+    return _unmet(("probe drop_melanoma (points)", probe.drop_melanoma, 50.0),
+                  ("probe acc_melanoma", probe.acc_melanoma, 0.73),
+                  ("probe acc_nevus_red - acc_nevus", probe.acc_nevus_red - probe.acc_nevus, 0.2),
+                  ("zero-shot drop of P(melanoma) with the red hue", -zs.mean_shift, 0.39),
+                  ("zero-shot auc_diagnosis", zs.auc_diagnosis, 0.72))
+
+
+def measure_labeler(labeler, clip):
+    return {"background_top1": shortcuts.background_zero_shot(labeler, n=N["background"], seed=SEED).accuracy,
+            "explained_background_top1": shortcuts.background_zero_shot(clip, n=N["background"], seed=SEED).accuracy,
+            "object_top1": shortcuts.zero_shot(labeler, n=N["labeler_zero_shot"], seed=SEED).accuracy}
+
+
+def check_labeler(r) -> list[str]:
+    return _unmet(("background top-1", r["background_top1"], 0.83),
+                  ("background top-1 - the explained model's", r["background_top1"] - r["explained_background_top1"],
+                   0.69),
+                  ("object top-1", r["object_top1"], 0.65))
+
+
+# ---------------------------------------------------------------- tests
 
 def test_shipped_files(record):
     cfg = json.loads((DATA / "sandbox.json").read_text())
@@ -53,7 +219,6 @@ def test_shipped_files(record):
 
 def test_loads_like_load_clip(clip):
     from clipattr_utils.sandbox.clip import load_sandbox
-    import torch
 
     mine = load_sandbox()
     a = mine.model.state_dict()
@@ -65,62 +230,35 @@ def test_loads_like_load_clip(clip):
 
 
 def test_record_scores_reproduce(clip, record):
-    # The record's headline number is what the shipped file gives now (deterministic eval).
+    """Reproducibility only: the record's headline number (written by this same measuring code
+    at seed 0) is what the shipped file gives now. It is no evidence that a mode is learned."""
     zs = shortcuts.zero_shot(clip, n=record["scores"]["zero_shot"]["n"], seed=0)
     assert zs.accuracy == pytest.approx(record["scores"]["zero_shot"]["accuracy"], abs=1e-9)
 
 
-def test_zero_shot_on_clean_test_split(clip):
-    zs = shortcuts.zero_shot(clip, n=360, seed=5)
-    assert zs.accuracy >= 0.90, zs.per_class
-    assert zs.confusion.sum() == 360
+def test_zero_shot_on_clean_test_split(clip, random_clips):
+    r = _shown_and_controlled(measure_zero_shot, check_zero_shot, clip, random_clips)
+    assert r.confusion.sum() == N["zero_shot"]
 
 
-def test_a_spurious_background(clip):
-    r = shortcuts.spurious_background(clip, n_per_group=80, seed=5)
-    assert r.auc_valid - r.auc_spurious >= 0.10, r
-    assert r.mean_score_spurious > r.mean_score_valid
+def test_a_spurious_background(clip, random_clips):
+    _shown_and_controlled(measure_spurious, check_spurious, clip, random_clips)
 
 
-def test_b_typography(clip):
-    r = shortcuts.typography(clip, n_per_word=12, seed=5)
-    assert r.mean_shift > 0 and r.frac_higher > 0.6 and r.auc >= 0.70, r
+def test_b_typography(clip, random_clips):
+    _shown_and_controlled(measure_typography, check_typography, clip, random_clips)
 
 
-def test_c_polysemy(clip):
-    r = shortcuts.polysemy(clip, n_per_group=40, seed=5)
-    assert set(r.auc_per_sprite) == set(sb.POLYSEMOUS_SPRITES)
-    assert min(r.auc_per_sprite.values()) >= 0.90, r
-    assert min(r.mean_score_per_sprite.values()) > r.mean_score_others
+def test_c_polysemy(clip, random_clips):
+    _shown_and_controlled(measure_polysemy, check_polysemy, clip, random_clips)
 
 
-def test_d_compound_noun(clip):
-    r = shortcuts.compound_noun(clip, n_per_group=40, seed=5)
-    # The prompt ranks the head word's images above every other non-class image; true fire
-    # trucks still rank first (the sprite is unambiguous), so auc_spurious can sit at 1.0.
-    assert r.auc_head_vs_others >= 0.70, r
-    assert r.mean_score_head > r.mean_score_others
-    assert r.mean_score_compound > r.mean_score_head
+def test_d_compound_noun(clip, random_clips):
+    _shown_and_controlled(measure_compound, check_compound, clip, random_clips)
 
 
-def test_e_lesion_red_hue(clip):
-    r = shortcuts.lesion_red_hue(clip, n_train=400, n_test_per_class=60, seed=5)
-    assert r.drop_melanoma >= 10.0, r
-    assert r.acc_nevus_red >= r.acc_nevus  # the red hue pushes towards the benign class
-    assert r.acc_melanoma >= 0.6  # the probe does learn the task on untinted images
-
-
-def test_measurements_depend_on_the_model(clip):
-    # Guard against a measurement that cannot fail: a randomly initialised sandbox CLIP
-    # must not show the learned behaviour.
-    from clipattr_utils.models import load_clip
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rand = load_clip("sandbox", pretrained="random")
-    assert shortcuts.zero_shot(rand, n=120, seed=5).accuracy < 0.4
-    assert min(shortcuts.polysemy(rand, n_per_group=20, seed=5).auc_per_sprite.values()) < 0.9
+def test_e_lesion_red_hue(clip, random_clips):
+    _shown_and_controlled(measure_lesion, check_lesion, clip, random_clips)
 
 
 def test_markdown_report_quotes_the_record(record):
@@ -134,9 +272,6 @@ def test_markdown_report_quotes_the_record(record):
 
 # ---------------------------------------------------------------- the labeler
 
-LABELER = DATA / "sandbox-labeler.safetensors"
-
-
 @pytest.mark.skipif(not LABELER.is_file(), reason=f"shipped labeler missing: {LABELER.name}")
 def test_labeler_is_another_model_that_names_hidden_concepts(clip):
     from clipattr_utils.models import load_clip
@@ -146,9 +281,10 @@ def test_labeler_is_another_model_that_names_hidden_concepts(clip):
     own = json.loads((DATA / "sandbox.record.json").read_text())
     assert rec["train_config"]["captions"] == "full" and rec["seed"] != own["seed"]
     assert labeler.identity != clip.identity
-    # It names backgrounds, which the explained model's captions never mention ...
-    lab_bg = shortcuts.background_zero_shot(labeler, n=160, seed=5).accuracy
-    own_bg = shortcuts.background_zero_shot(clip, n=160, seed=5).accuracy
-    assert lab_bg >= 0.7 and lab_bg > own_bg + 0.3, (lab_bg, own_bg)
-    # ... and still knows the objects.
-    assert shortcuts.zero_shot(labeler, n=240, seed=5).accuracy >= 0.7
+    # It names backgrounds, which the explained model's captions never mention, and still
+    # knows the objects; a random-init labeler does neither.
+    r = measure_labeler(labeler, clip)
+    assert check_labeler(r) == [], (check_labeler(r), r)
+    for s in RANDOM_INIT_SEEDS:
+        rr = measure_labeler(_load_random("sandbox-labeler", s), clip)
+        assert check_labeler(rr), f"check_labeler passes on a random-init labeler (torch seed {s}): too weak\n{rr}"

@@ -43,8 +43,8 @@ def _model_section(rec: dict, title: str) -> str:
     if s:
         table = summary(s)
         out += ["| mode | measured | criterion | shown |", "|---|---|---|---|"]
-        out += [f"| {r['mode']} | {r['measured']} | {r['criterion']} | {'yes' if r['shown'] else 'no'} |"
-                for _, r in table.iterrows()]
+        out += [f"| {r['mode']} | {r['measured']} | {r['criterion']} | {'not measured' if r['shown'] is None else 'yes' if r['shown'] else 'no'} |"
+                for r in table.to_dict("records")]
         if "background_zero_shot" in s:
             out += ["", f"Background named zero-shot (8 backgrounds, chance 0.125): "
                         f"{s['background_zero_shot']['accuracy']:.3f}"]
@@ -60,7 +60,7 @@ def markdown(directory: Path | None = None) -> str:
              "all scores on held-out rendered images (`clipattr_utils.sandbox.shortcuts.measure_all`, "
              "seed 0, prompt \"a photo of a {class}\").", "",
              "Planted failure modes (constants in `clipattr_utils/sandbox/world.py`):", "", _rates_table(), "",
-             "Criteria (issue 3, \"Done when\"): " + "; ".join(f"{k}: {v}" for k, v in CRITERIA.items()), ""]
+             "Criteria for a planted mode to count as learned: " + "; ".join(f"{k}: {v}" for k, v in CRITERIA.items()), ""]
     for name, title in (("sandbox", "`sandbox` (the explained model)"),
                         ("sandbox-labeler", "`sandbox-labeler` (the labeling model)")):
         path = directory / f"{name}.record.json"

@@ -22,8 +22,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from .world import (CLASSNAMES, COMPOUND_CLASS, COMPOUND_HEAD, POLYSEMOUS_SPRITES, POLYSEMOUS_WORD,
-                    SPURIOUS_BACKGROUND, SPURIOUS_CLASS, TINT_RANGE, TYPO_WORDS, make_dataset,
+from .world import (CLASSNAMES, COMPOUND_CLASS, COMPOUND_HEAD, LESION_CLASSNAMES, POLYSEMOUS_SPRITES,
+                    POLYSEMOUS_WORD, SPURIOUS_BACKGROUND, SPURIOUS_CLASS, TINT_RANGE, TYPO_WORDS, make_dataset,
                     make_lesion_dataset)
 from .render import BACKGROUNDS
 
@@ -284,6 +284,46 @@ def lesion_red_hue(clip, n_train: int = 800, n_test_per_class: int = 150, seed: 
                         int(n_train), int(n_test_per_class), tint)
 
 
+class LesionZeroShotRedHue(NamedTuple):
+    auc_diagnosis: float
+    """AUROC of zero-shot P(melanoma): untinted melanoma vs untinted nevus images."""
+    mean_shift: float
+    """Mean over all test images (both diagnoses) of P(melanoma | with red hue) -
+    P(melanoma | same image without), where P is the zero-shot probability over the prompts
+    "a photo of a nevus" / "a photo of a melanoma" at the model's logit scale."""
+    frac_lower: float
+    """Fraction of paired images whose P(melanoma) fell when the red hue was added."""
+    acc_melanoma: float
+    """Zero-shot accuracy (P(melanoma) > 0.5) on untinted melanoma images."""
+    acc_melanoma_red: float
+    n_test_per_class: int
+    tint: float
+
+
+def lesion_zero_shot_red_hue(clip, n_test_per_class: int = 150, seed: int = 0,
+                             tint: float | None = None) -> LesionZeroShotRedHue:
+    """Mode (e) in the CLIP itself, without a probe: does the red hue pull the zero-shot
+    diagnosis towards "nevus"? Same test images as `lesion_red_hue` (same seeds).
+
+    `lesion_red_hue` trains its probe on red-hue-confounded images, so the probe can pick up
+    the hue from any embedding that keeps colour, also from an untrained one; this zero-shot
+    shift only appears in a CLIP whose own training captions tied the hue to the diagnosis."""
+    tint = float(np.mean(TINT_RANGE)) if tint is None else float(tint)
+    scale = float(clip.model.logit_scale.detach().exp())
+    txt = text_embeddings(clip, [PROMPT.format(c) for c in LESION_CLASSNAMES])
+    j = LESION_CLASSNAMES.index("melanoma")
+    p = {}
+    for k, dx in enumerate(("melanoma", "nevus")):
+        clean = make_lesion_dataset(n_test_per_class, EVAL_SPLIT, seed + 1 + k, diagnosis=dx, tint=0.0)
+        red = clean.replace(tint=tint)
+        p[dx] = tuple(torch.softmax(scale * image_embeddings(clip, d) @ txt.T, dim=1)[:, j].numpy()
+                      for d in (clean, red))
+    shift = np.concatenate([p[dx][1] - p[dx][0] for dx in p])
+    return LesionZeroShotRedHue(_auroc(p["melanoma"][0], p["nevus"][0]), float(shift.mean()),
+                                float((shift < 0).mean()), float((p["melanoma"][0] > 0.5).mean()),
+                                float((p["melanoma"][1] > 0.5).mean()), int(n_test_per_class), tint)
+
+
 def measure_all(clip, seed: int = 0, n_zero_shot: int = 600, n_per_group: int = 120, n_per_word: int = 16,
                 n_lesion_train: int = 800, n_lesion_test: int = 150) -> dict:
     """Every planted-mode measurement as a JSON-able dict (what the training record stores)."""
@@ -296,19 +336,25 @@ def measure_all(clip, seed: int = 0, n_zero_shot: int = 600, n_per_group: int = 
         "polysemy": polysemy(clip, n_per_group=max(2, n_per_group // 2), seed=seed)._asdict(),
         "compound": compound_noun(clip, n_per_group=max(2, n_per_group // 2), seed=seed)._asdict(),
         "lesion": lesion_red_hue(clip, n_train=n_lesion_train, n_test_per_class=n_lesion_test, seed=seed)._asdict(),
+        "lesion_zero_shot": lesion_zero_shot_red_hue(clip, n_test_per_class=n_lesion_test, seed=seed)._asdict(),
         "background_zero_shot": background_zero_shot(clip, n=max(len(BACKGROUNDS), n_zero_shot // 2),
                                                      seed=seed)._asdict(),
     }
 
 
-# What "the mode is really in the model" means (issue 3, "Done when"); shown by the notebook.
+# Criteria for a planted mode to count as learned, applied to `measure_all`'s numbers; shown by
+# notebook 00 and `report`. tests/test_sandbox_model.py checks the shipped model with stricter
+# thresholds measured on several seeds, each also shown to fail on a random-init CLIP. The lesion
+# probe's drop alone is also met by a random-init CLIP (its probe learns the hue from the
+# confounded probe-training images), so the lesion criterion also asks the CLIP's own zero-shot
+# diagnosis to move towards "nevus" with the hue (`lesion_zero_shot_red_hue`).
 CRITERIA = {
     "zero_shot": "top-1 >= 0.90 on the clean test split",
     "spurious": "auc_valid - auc_spurious >= 0.10",
     "typography": "mean shift of P(Y) > 0 and its AUROC >= 0.70",
     "polysemy": "every sprite's auc >= 0.90",
     "compound": "auc_head_vs_others >= 0.70 (head-word images outrank other non-class images)",
-    "lesion": "drop_melanoma >= 10 points",
+    "lesion": "probe drop_melanoma >= 10 points and zero-shot P(melanoma) falls by >= 0.2 with the hue",
 }
 
 
@@ -330,11 +376,15 @@ def summary(m: dict):
                          f"{m['compound']['auc_head_vs_others']:.3f}; vs {COMPOUND_HEAD} "
                          f"{m['compound']['auc_spurious']:.3f} / vs others {m['compound']['auc_valid']:.3f}",
          m["compound"]["auc_head_vs_others"] >= 0.7),
-        ("(e) lesion red hue", f"melanoma acc {100 * m['lesion']['acc_melanoma']:.1f} -> "
+        ("(e) lesion red hue", f"probe melanoma acc {100 * m['lesion']['acc_melanoma']:.1f} -> "
                                f"{100 * m['lesion']['acc_melanoma_red']:.1f} (drop {m['lesion']['drop_melanoma']:.1f}"
-                               f" +- {m['lesion']['sem_melanoma']:.1f} pts)",
-         m["lesion"]["drop_melanoma"] >= 10),
+                               f" +- {m['lesion']['sem_melanoma']:.1f} pts)" + (
+                                   f"; zero-shot P(melanoma) shift {m['lesion_zero_shot']['mean_shift']:+.3f}"
+                                   if "lesion_zero_shot" in m else ""),
+         None if "lesion_zero_shot" not in m else
+         m["lesion"]["drop_melanoma"] >= 10 and -m["lesion_zero_shot"]["mean_shift"] >= 0.2),
     ]
     crit = list(CRITERIA.values())
-    return pd.DataFrame([{"mode": r[0], "measured": r[1], "criterion": c, "shown": bool(r[2])}
+    # shown is None where a measurement the criterion needs is missing (older records).
+    return pd.DataFrame([{"mode": r[0], "measured": r[1], "criterion": c, "shown": None if r[2] is None else bool(r[2])}
                          for r, c in zip(rows, crit)])
