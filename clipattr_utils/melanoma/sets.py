@@ -1,0 +1,41 @@
+"""The image sets of the melanoma case and their provenance (``pool.json``).
+
+Sandbox (default): a pool of lesion images from the *test* split (the probe's data; the
+red-hue shortcut is part of the data there, as in ISIC) and a separate set from the
+*train* split for the SAE. Every set is named by the `sandbox.make_lesion_dataset` keyword
+arguments that rebuild it exactly.
+
+ISIC 2019: the pool is `data.ISIC2019` (binary melanoma vs rest); the SAE is loaded
+(``sae_dir``) or trained on the pool's clean class tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..data import ISIC2019, ImageSet
+from ..sandbox.world import make_lesion_dataset
+
+
+def sandbox_recipes(n_pool: int = 3000, n_sae_train: int = 4000, seed: int = 0, size: int = 64) -> dict[str, dict]:
+    """``{name: make_lesion_dataset kwargs}`` of the sandbox sets: "pool" (probe train/test,
+    test split) and "sae_train" (train split, another seed than the sandbox CLIP's own 0)."""
+    if n_pool < 20:
+        raise ValueError(f"n_pool must be >= 20 lesion images, got {n_pool}")
+    return {"pool": {"n": int(n_pool), "split": "test", "seed": int(seed), "size": int(size)},
+            "sae_train": {"n": int(n_sae_train), "split": "train", "seed": int(seed) + 1, "size": int(size)}}
+
+
+def make_sets(recipes: dict[str, dict]) -> dict[str, ImageSet]:
+    """The sets of :func:`sandbox_recipes` (or any ``{name: make_lesion_dataset kwargs}``)."""
+    return {name: make_lesion_dataset(**kw) for name, kw in recipes.items()}
+
+
+def isic_pool(csv_path: str | os.PathLike, image_dir: str | os.PathLike) -> tuple[ImageSet, dict[str, Any]]:
+    """ISIC 2019 as a binary pool (1 = melanoma) with its provenance for ``pool.json``."""
+    pool = ISIC2019(csv_path, image_dir, binary_melanoma=True)
+    return pool, {"pool": {"isic2019": {"csv": os.path.basename(str(csv_path)), **pool.describe()}}}
+
+
+__all__ = ["sandbox_recipes", "make_sets", "isic_pool"]

@@ -1,0 +1,312 @@
+"""The melanoma case (Sec. 5.4, App. E): Eq. 32-34 against hand-computed values, the probe's
+latent relevance against autograd and a brute-force class mean, the split, the red-latent
+finding and the summaries on constructed data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clipattr_utils import melanoma as mel
+from clipattr_utils.data import TensorImageSet
+from clipattr_utils.features import extract
+from clipattr_utils.head import Head
+from clipattr_utils.sae.model import EncoderOutput, TopKSAE
+
+# ------------------------------------------------------------------------------ Eq. 32
+
+
+def _strip(reds):
+    """A 1 x n uint8 RGB image with the given red values, green 10, blue 200."""
+    a = np.zeros((1, len(reds), 3), np.uint8)
+    a[0, :, 0], a[0, :, 1], a[0, :, 2] = reds, 10, 200
+    return a
+
+
+def test_eq32_more_red_by_hand():
+    out = mel.red_hue(_strip([0, 100, 127, 128, 200, 255]), -1.0)
+    # red * 2, clipped at 1 (= 255): 0, 200, 254, 256 -> 255, 400 -> 255, 510 -> 255
+    assert out[0, :, 0].tolist() == [0, 200, 254, 255, 255, 255]
+    assert (out[..., 1] == 10).all() and (out[..., 2] == 200).all()
+
+
+def test_eq32_less_red_by_hand():
+    out = mel.red_hue(_strip([0, 100, 101, 200, 255]), 0.2)
+    # red * 0.8: 0, 80, 80.8 -> 81, 160, 204
+    assert out[0, :, 0].tolist() == [0, 80, 81, 160, 204]
+    assert (out[..., 1] == 10).all() and (out[..., 2] == 200).all()
+
+
+def test_eq32_float_pil_and_clipping_at_zero():
+    f = np.array([[[0.3, 0.5, 0.5], [0.7, 0.1, 0.2]]])
+    np.testing.assert_allclose(mel.red_hue(f, -1.0)[0, :, 0], [0.6, 1.0])
+    np.testing.assert_allclose(mel.red_hue(f, 0.2)[0, :, 0], [0.24, 0.56])
+    np.testing.assert_allclose(mel.red_hue(f, 1.5)[0, :, 0], [0.0, 0.0])  # red * -0.5 clipped at 0
+    np.testing.assert_array_equal(mel.red_hue(f, 0.0), f)
+    img = Image.fromarray(_strip([50, 120]))
+    out = mel.red_hue(img, -1.0)
+    assert isinstance(out, Image.Image) and np.asarray(out)[0, :, 0].tolist() == [100, 240]
+    with pytest.raises(ValueError, match="RGB"):
+        mel.red_hue(np.zeros((4, 4), np.uint8), 0.2)
+
+
+def _images(n=4, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_red_hue_image_set_transforms_and_keys_differ(tmp_path, clip_tiny):
+    base = TensorImageSet(_images(), labels=[0, 1, 0, 1], name="lesions")
+    more, less = mel.RedHueImageSet(base, -1.0), mel.RedHueImageSet(base, 0.2)
+    np.testing.assert_array_equal(np.asarray(more.load_image(2)), mel.red_hue(np.asarray(base.load_image(2)), -1.0))
+    assert [more.sample_id(i) for i in range(4)] == [base.sample_id(i) for i in range(4)]
+    assert more.labels() == base.labels() and more.describe()["red_hue_delta"] == -1.0
+    assert len({base.fingerprint(), more.fingerprint(), less.fingerprint()}) == 3
+    with pytest.raises(ValueError):
+        mel.RedHueImageSet(more, 0.2)
+    feats = mel.condition_features(clip_tiny, base, tmp_path, num_workers=0, progress=False)
+    assert set(feats) == {"none", "more_red", "less_red"}
+    assert len({str(c.path) for c in feats.values()}) == 3  # one cache per condition
+    assert feats["more_red"].ids == feats["none"].ids
+    assert not torch.allclose(feats["more_red"].read(), feats["none"].read())
+    # The cached rows are the images with Eq. 32 applied, nothing else.
+    by_hand = TensorImageSet([mel.red_hue(im, -1.0) for im in _images()], labels=[0, 1, 0, 1], name="by-hand")
+    torch.testing.assert_close(extract(clip_tiny, by_hand, tmp_path, num_workers=0, progress=False).read(),
+                               feats["more_red"].read())
+
+
+# ------------------------------------------------------------------------------ Eq. 33 / 34
+
+
+def test_eq33_direction_by_hand():
+    x = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [7.0, 10.0], [0.0, 0.0]])
+    a = torch.tensor([0.0, 1.0, 5.0, 6.0, 3.0])
+    d = mel.red_direction(x, a, latent=7, mode="absolute", params=(1.0, 5.0))
+    # high: rows 2, 3 (a >= 5) mean (6, 7); low: rows 0, 1 (a <= 1) mean (2, 1)
+    torch.testing.assert_close(d.u, torch.tensor([4.0, 6.0]))
+    assert (d.n_low, d.n_high, d.latent) == (2, 2, 7)
+    # std mode: mean 3, population std sqrt((9 + 4 + 4 + 9 + 0) / 5) = sqrt(5.2)
+    t_low, t_high = mel.thresholds(a, "std", (-0.5, 1.0))
+    assert t_low == pytest.approx(3 - 0.5 * np.sqrt(5.2)) and t_high == pytest.approx(3 + np.sqrt(5.2))
+    assert mel.PAPER_STD == (-0.26, 2.05)
+    # quantiles of (0, 1, 3, 5, 6): 25 % -> 1, 75 % -> 5
+    assert mel.thresholds(a, "quantile", (0.25, 0.75)) == (1.0, 5.0)
+    d = mel.red_direction(x, a, 7, "quantile", (0.25, 0.75))
+    torch.testing.assert_close(d.u, torch.tensor([4.0, 6.0]))
+    with pytest.raises(ValueError, match="empty"):
+        mel.red_direction(x, a, 7, "absolute", (-1.0, 9.0))
+    with pytest.raises(ValueError, match="not below"):
+        mel.thresholds(a, "absolute", (2.0, 1.0))
+
+
+def test_eq34_augmentation_by_hand():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    u = torch.tensor([2.0, -2.0])
+    out = mel.latent_augment(x, u, alpha=0.5, p=[0.1, 0.9])
+    # row 0: 0.5 * (0.1 - 0.5) = -0.2 -> x - 0.2 u; row 1: +0.2 u
+    torch.testing.assert_close(out, torch.tensor([[0.6, 2.4], [3.4, 3.6]]))
+    p = np.random.default_rng(5).random(2)
+    want = x + 2.0 * torch.tensor(p - 0.5, dtype=x.dtype)[:, None] * u
+    torch.testing.assert_close(mel.latent_augment(x, u, 2.0, rng=5), want)
+    torch.testing.assert_close(mel.latent_augment(x, u, 0.0, rng=1), x)
+
+
+def test_dense_activation():
+    code = (torch.tensor([[3, 1], [1, 0], [2, 0]]), torch.tensor([[2.0, 0.5], [1.5, 0.2], [4.0, 0.0]]))
+    torch.testing.assert_close(mel.dense_activation(code, 1), torch.tensor([0.5, 1.5, 0.0]))
+
+
+# ------------------------------------------------------------------- probe relevance
+
+
+def _world(n=60, d=12, d_post=6, d_sae=40, k=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    head = Head(1 + 0.3 * torch.randn(d, generator=g), 0.4 * torch.randn(d, generator=g),
+                torch.randn(d, d_post, generator=g), 1e-5).double()
+    torch.manual_seed(seed)
+    sae = TopKSAE(d, d_sae, k).double()
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.3)
+    y = np.arange(n) % 2
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + 2.0 * torch.tensor(y, dtype=torch.float64)[:, None] \
+        * torch.randn(d, generator=g, dtype=torch.float64)
+    return head, sae, x, y
+
+
+def _autograd_relevance(x, sae, head, clf):
+    """Dense (N, d_sae) a_j * d logit / d a_j with eps held fixed (the authors' recipe)."""
+    with torch.no_grad():
+        idx, vals = sae.encode(x)
+        dense = torch.zeros(x.shape[0], sae.d_sae, dtype=x.dtype).scatter(1, idx, vals)
+        eps = x - (dense @ sae.W_dec + sae.b_dec)
+    a = dense.clone().requires_grad_(True)
+    z = head(a @ sae.W_dec + sae.b_dec + eps)
+    w = torch.tensor(clf.coef_[0], dtype=x.dtype)
+    logit = F.normalize(z, dim=1) @ w + float(clf.intercept_[0])
+    grad, = torch.autograd.grad(logit.sum(), a)
+    np.testing.assert_allclose(logit.detach().numpy(), clf.decision_function(mel.embed(head, x)), rtol=1e-9)
+    return (a * grad).detach()
+
+
+def test_probe_relevance_and_class_means_match_brute_force():
+    head, sae, x, y = _world()
+    clf = mel.fit_probe(mel.embed(head, x), y)
+    assert clf.score(mel.embed(head, x), y) > 0.8
+    attr = mel.probe_relevance(x, sae, head, clf)
+    ref = _autograd_relevance(x, sae, head, clf)
+    got = torch.zeros_like(ref).scatter(1, attr.indices, attr.values[:, 0, :])
+    torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-10)
+
+    table = mel.class_relevance(attr, y, sae.d_sae)
+    for label, cls in enumerate(mel.CLASSES):
+        sign = 1.0 if label == 1 else -1.0
+        rows = ref[torch.as_tensor(y == label)]
+        mean = sign * rows.mean(0)
+        share = mean / rows.abs().sum(1).mean()
+        t = table[table["class"] == cls]
+        lat = torch.as_tensor(t["latent"].to_numpy().copy())
+        active = (rows != 0).any(0)
+        assert set(t["latent"]) == set(torch.nonzero(active).reshape(-1).tolist())
+        np.testing.assert_allclose(t["relevance"].to_numpy(), mean[lat].numpy(), rtol=1e-9)
+        np.testing.assert_allclose(t["share"].to_numpy(), share[lat].numpy(), rtol=1e-9)
+        assert t["relevance"].is_monotonic_decreasing and t["rank"].tolist() == list(range(1, len(t) + 1))
+        best = int(torch.argmax(torch.where(active, mean, torch.tensor(-np.inf, dtype=mean.dtype))))
+        assert mel.rank_of(table, best, cls) == 1
+    assert mel.relevance_of(table, 10_000, "benign") == {"relevance": 0.0, "share": 0.0, "rank": None}
+
+
+def test_class_accuracy():
+    class Fixed:
+        def predict(self, z):
+            return np.asarray(z)[:, 0].astype(int)
+    z = np.array([[0], [1], [1], [1], [0]])
+    assert mel.class_accuracy(Fixed(), z, [0, 0, 1, 1, 1]) == {0: 0.5, 1: pytest.approx(2 / 3)}
+
+
+# ------------------------------------------------------------------------------ split
+
+
+def test_split_follows_app_e():
+    y = np.array([1] * 50 + [0] * 200)
+    s = mel.split_indices(y, seed=3)
+    assert (y[s.train] == 1).sum() == 40 and (y[s.train] == 0).sum() == 40  # 80 % melanoma, matched others
+    assert (y[s.test] == 1).sum() == 10 and (y[s.test] == 0).sum() == 160
+    assert not set(s.train) & set(s.test) and len(s.train) + len(s.test) == len(y)
+    s2 = mel.split_indices(y, seed=3)
+    assert (s.train == s2.train).all() and not (mel.split_indices(y, seed=4).train == s.train).all()
+    s3 = mel.split_indices(y, 0, n_train_other=60, n_test_other=25)
+    assert (y[s3.train] == 0).sum() == 60 and (y[s3.test] == 0).sum() == 25
+    with pytest.raises(ValueError):
+        mel.split_indices(y, 0, n_train_other=200)
+
+
+# ------------------------------------------------------------------ finding the red latent
+
+
+def test_redness_by_hand():
+    assert mel.redness(np.full((2, 2, 3), (255, 0, 0), np.uint8)) == pytest.approx(1.0)
+    assert mel.redness(np.full((2, 2, 3), (0, 255, 255), np.uint8)) == pytest.approx(-1.0)
+    assert mel.redness(np.full((1, 1, 3), (0.5, 0.25, 0.75))) == pytest.approx(0.0)
+
+
+def test_find_red_latent_on_constructed_data():
+    """Latent 5 ranks first for benign but fires on grey images; latent 9 (rank 2) fires on
+    the red ones; latent 2 (rank 3) on everything. The red one is found and checked."""
+    n = 30
+    red = np.arange(n) % 3 == 0
+    imgs = [np.full((8, 8, 3), (200, 60, 70) if r else (120, 120, 120), np.uint8) for r in red]
+    pool = TensorImageSet(imgs, labels=[0] * n)
+    rng = np.random.default_rng(0)
+    a9 = np.where(red, rng.uniform(2, 3, n), rng.uniform(0, 0.5, n))
+    a5 = np.where(red, 0.1, rng.uniform(1, 4, n))
+    a2 = rng.uniform(0.5, 1, n)
+    order = np.argsort(-np.stack([a9, a5, a2], 1), axis=1)
+    ids = np.array([9, 5, 2])[order]
+    vals = np.take_along_axis(np.stack([a9, a5, a2], 1), order, axis=1)
+    code = EncoderOutput(torch.as_tensor(ids), torch.as_tensor(vals))
+    table = pd.DataFrame({"class": "benign", "label": 0, "latent": [5, 9, 2, 4], "relevance": [0.4, 0.3, 0.2, 0.1],
+                          "share": [0.4, 0.3, 0.2, 0.1], "active": 1.0, "rank": [1, 2, 3, 4]})
+    found = mel.find_red_latent(table, code, pool, n_candidates=3, n_top=10, attribute=red.astype(float))
+    assert (found.latent, found.rank, found.purity) == (9, 2, 1.0)
+    assert sorted(found.top_rows) == sorted(np.flatnonzero(red).tolist())
+    assert found.candidates.set_index("latent").loc[5, "purity"] == 0.0
+    only_top = mel.find_red_latent(table, code, pool, n_candidates=1, n_top=10)
+    assert only_top.latent == 5 and only_top.purity is None
+
+
+# -------------------------------------------------------------------- run and summaries
+
+
+def _toy_case(n=400, seed=0):
+    """Tokens whose label is weakly coded along e0 and a 'tint' (mostly on benign) along e1;
+    "more_red" adds tint to every token, "less_red" removes some."""
+    g = torch.Generator().manual_seed(seed)
+    d = 8
+    head = Head(torch.ones(d), torch.zeros(d), torch.eye(d)[:, :6], 1e-5)
+    y = np.arange(n) % 2
+    tint = (torch.rand(n, generator=g) < torch.where(torch.as_tensor(y) == 0, 0.6, 0.05)).float()
+    x = torch.randn(n, d, generator=g) + 3.0
+    x[:, 0] += 1.2 * torch.as_tensor(2 * y - 1, dtype=torch.float32)
+    x[:, 1] += 3.0 * tint
+    tokens = {"none": x, "more_red": x + torch.eye(d)[1] * 3.0, "less_red": x - torch.eye(d)[1] * 1.0}
+    torch.manual_seed(seed)
+    sae = TopKSAE(d, 16, 3)
+    with torch.no_grad():  # latent 0 reads the tint dimension
+        sae.W_enc[:, 0] = torch.eye(d)[1] * 2.0
+        sae.W_dec[0] = torch.eye(d)[1]
+        sae.b_dec.fill_(3.0)
+    return mel.CaseData(tokens, y, head, sae, tint=tint.numpy()), tint
+
+
+def test_run_case_records_and_summaries():
+    data, tint = _toy_case()
+    cfg = mel.CaseConfig(alphas=(0.0, 0.5, 4.0), alpha=4.0, n_aug=2)
+    res = mel.run_case(data, 0, seeds=[0, 1, 2], cfg=cfg, progress=False)
+    acc = res.accuracy_summary()
+    assert set(acc["probe"]) == {"standard", "robust", "robust_val"}
+    assert set(acc["condition"]) == {"none", "more_red", "less_red"} and set(acc["class"]) == set(mel.CLASSES)
+    assert (acc["n_seeds"] == 3).all()
+    # One number by hand: the standard probe, seed 1, melanoma under more red.
+    s = mel.split_indices(data.labels, 1)
+    clf = mel.fit_probe(data.emb["none"][s.train], data.labels[s.train])
+    te = s.test[data.labels[s.test] == 1]
+    want = 100 * (clf.predict(data.emb["more_red"][te]) == 1).mean()
+    got = res.accuracy.query("seed == 1 and probe == 'standard' and condition == 'more_red' and `class` == 'melanoma'")
+    assert float(got["accuracy"].iloc[0]) == pytest.approx(want)
+    # The planted tint makes the standard probe fail on reddened melanoma ...
+    t = res.target()
+    assert t["drop_standard"] > 10 and t["standard_drops"]
+    # ... and augmenting along the tint latent's direction (alpha 4) removes most of it.
+    assert t["cut"] > 0.5
+    assert set(res.directions["latent"]) == {0} and (res.directions["cos_u_true_tint"] > 0.9).all()
+    assert set(res.relevance["probe"]) == {"standard", "robust", "robust_val"}
+    assert {"oracle_sweep", "sweep"} <= set(res.accuracy["probe"])
+    tr = res.sweep_tradeoff()
+    assert tr["alpha"].tolist() == [0.0, 0.5, 4.0] and abs(tr["cut"].iloc[0]) < 0.1  # alpha 0: no augmentation
+
+
+def test_target_clean_cost_and_sem_by_hand():
+    rows = []
+    table = {  # (probe, seed): melanoma none, melanoma more_red, benign none
+        ("standard", 0): (80, 40, 70), ("standard", 1): (84, 44, 72),
+        ("robust", 0): (78, 60, 70), ("robust", 1): (80, 66, 69),
+    }
+    for (probe, seed), (m0, m1, b0) in table.items():
+        for cond, cls, v in (("none", "melanoma", m0), ("more_red", "melanoma", m1), ("none", "benign", b0),
+                             ("more_red", "benign", 90)):
+            rows.append({"seed": seed, "probe": probe, "alpha": 0.5 if probe == "robust" else 0.0, "condition": cond,
+                         "class": cls, "accuracy": float(v)})
+    res = mel.CaseResult(mel.CaseConfig(), 3, [0, 1], pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), {})
+    t = res.target()
+    assert t["drop_standard"] == pytest.approx(40.0) and t["drop_robust"] == pytest.approx(16.0)
+    assert t["cut"] == pytest.approx(0.6)
+    # clean balanced: standard (75, 78), robust (74, 74.5) -> cost mean(-1, -3.5) = -2.25
+    assert res.clean_cost() == pytest.approx(-2.25) and not t["met"]
+    assert mel.sem([1.0, 3.0]) == pytest.approx(1.0) and mel.sem([2.0]) == 0.0
+    s = res.accuracy_summary(("standard",))
+    row = s[(s["condition"] == "none") & (s["class"] == "melanoma")].iloc[0]
+    assert row["mean"] == pytest.approx(82.0) and row["sem"] == pytest.approx(2.0)

@@ -1,0 +1,101 @@
+"""Notebook 05 (the melanoma case) runs headless with tiny parameters from the repository
+root; its summary is recomputed independently (Eq. 32 by numpy on the rendered pixels, the
+probe by sklearn, the red latent's top images from the saved SAE)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "05_melanoma_case.ipynb"
+SANDBOX_WEIGHTS = ROOT / "data" / "sandbox" / "sandbox.safetensors"
+
+
+def test_notebook_is_committed_clean_with_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in nb.cells[0].metadata.get("tags", [])
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    for name in ('model_name = "sandbox"', "seed = 0", "cache_dir = None", "out_dir = None", "isic_csv = None",
+                 "alpha = 0.5", 'device = "auto"'):
+        assert name in code[0].source
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.slow
+def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
+    if not SANDBOX_WEIGHTS.is_file():
+        pytest.skip(f"sandbox model weights {SANDBOX_WEIGHTS.relative_to(ROOT)} do not exist yet")
+    papermill = pytest.importorskip("papermill")
+    from sklearn.linear_model import LogisticRegression
+
+    import clipattr_utils as ca
+    from clipattr_utils import melanoma as mel
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    params = dict(n_pool=240, n_sae_train=240, sae_d_sae=64, sae_k=4, sae_epochs=3, n_seeds=2, alphas=[0.0, 0.5, 2.0],
+                  n_gallery=3, seed=3, device="cpu", cache_dir=str(cache), out_dir=str(out))
+    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "05.ipynb"), parameters=params, kernel_name="python3",
+                               cwd=str(ROOT), progress_bar=False)
+
+    summary = json.loads((out / "summary.json").read_text())
+    pool_kwargs = json.loads((out / "pool.json").read_text())
+    for key in ("red_latent", "red_latent_rank", "red_latent_top_samples", "accuracy", "clean_cost"):
+        assert key in summary, key
+    assert set(pool_kwargs) == {"pool", "pool_tinted", "sae_train"} and pool_kwargs["pool"]["seed"] == 3
+    assert pool_kwargs["pool_tinted"] == {**pool_kwargs["pool"], "tint": 0.35}
+    for png in ("accuracy.png", "alpha_sweep.png", "relevance.png", "red_latent_top.png", "latents_benign.png"):
+        assert (out / png).stat().st_size > 5_000, png
+    assert summary["seeds"] == [3, 4] and isinstance(summary["clean_cost"], float)
+    assert 1 <= summary["red_latent_rank"] <= 3  # among the candidates (the default n_candidates)
+    recs = summary["accuracy"]
+    assert {(r["probe"], r["condition"], r["class"]) for r in recs} >= {
+        (p, c, k) for p in ("standard", "robust") for c in ("none", "more_red", "less_red")
+        for k in ("benign", "melanoma")}
+    assert all({"probe", "condition", "class", "mean", "sem"} <= set(r) and 0 <= r["mean"] <= 100 for r in recs)
+
+    # Independently: rebuild the pool from pool.json, Eq. 32 by numpy on its pixels.
+    pool = ca.sandbox.make_lesion_dataset(**pool_kwargs["pool"])
+    clip = ca.load_clip("sandbox")
+    x = ca.extract(clip, pool, cache, progress=False)
+    assert x.ids == [pool.sample_id(i) for i in range(len(pool))]
+    pixels = pool.render_array()
+    more = pixels.copy()
+    more[..., 0] = np.round(np.clip(pixels[..., 0] / 255.0 * 2.0, 0, 1) * 255).astype(np.uint8)
+    x_more = ca.extract(clip, ca.TensorImageSet(list(more), pool.labels(), name="more-red-by-hand"), cache,
+                        progress=False).read()
+
+    def unit(t):
+        with torch.no_grad():
+            return torch.nn.functional.normalize(clip.head(t), dim=-1).double().numpy()
+
+    y = np.asarray(pool.labels())
+    z, z_more = unit(x.read()), unit(x_more)
+    accs = []
+    for s in summary["seeds"]:
+        split = mel.split_indices(y, s)
+        clf = LogisticRegression(C=1.0, max_iter=5000).fit(z[split.train], y[split.train])
+        mel_test = split.test[y[split.test] == 1]
+        accs.append(100 * np.mean(clf.predict(z_more[mel_test]) == 1))
+    rec = next(r for r in recs if (r["probe"], r["condition"], r["class"]) == ("standard", "more_red", "melanoma"))
+    assert rec["mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+
+    # The red latent's top images from the SAE the notebook saved, and their tint.
+    sae = ca.TopKSAE.load(out / "sae", d_in=clip.head.d_pre)
+    with torch.no_grad():
+        idx, vals = sae.encode(x.read())
+    act = (vals * (idx == summary["red_latent"])).sum(1).numpy()
+    top = summary["red_latent_top_samples"]
+    assert 0 < len(top) <= 20 and len(set(top)) == len(top)
+    ranked = np.argsort(-act, kind="stable")[:len(top)]
+    assert act[ranked[-1]] > 0
+    assert set(top) == {x.ids[i] for i in ranked} or np.allclose(sorted(act[[x.ids.index(t) for t in top]]),
+                                                                  sorted(act[ranked]))
+    tint = pool.attributes.set_index("sample_id")["tint"]
+    assert summary["red_latent_purity"] == pytest.approx(float(np.mean([tint[t] > 0 for t in top])))
