@@ -310,3 +310,32 @@ def test_target_clean_cost_and_sem_by_hand():
     s = res.accuracy_summary(("standard",))
     row = s[(s["condition"] == "none") & (s["class"] == "melanoma")].iloc[0]
     assert row["mean"] == pytest.approx(82.0) and row["sem"] == pytest.approx(2.0)
+
+
+def test_red_hue_examples_figure_shows_each_class_as_rendered_and_reddened():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from clipattr_utils.melanoma.hue import red_hue
+    from clipattr_utils.melanoma.plots import red_hue_examples
+
+    class Pool:
+        def __init__(self):
+            self.images = [np.full((4, 4, 3), 40 * (i + 1), dtype=np.uint8) for i in range(5)]
+
+        def load_image(self, i):
+            from PIL import Image
+
+            return Image.fromarray(self.images[i])
+
+        def __len__(self):
+            return len(self.images)
+
+    pool = Pool()
+    labels = [0, 1, 0, 1, 1]
+    fig = red_hue_examples(pool, labels, tint=[1, 0, 0, 0, 0], per_class=2)
+    axes = np.asarray(fig.axes).reshape(2, 4)
+    assert [ax.get_title() for ax in axes[0]] == ["benign, tint", "benign", "melanoma", "melanoma"]
+    shown = axes[1, 0].get_images()[0].get_array()
+    expect = np.asarray(red_hue(pool.load_image(0), -1.0))
+    np.testing.assert_array_equal(np.asarray(shown), expect)

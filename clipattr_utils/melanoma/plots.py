@@ -121,3 +121,33 @@ def plot_relevance(tables: dict[str, pd.DataFrame], red_latent: int | None = Non
 
 
 __all__ = ["plot_accuracy", "plot_alpha_sweep", "plot_relevance", "CONDITION_LABELS", "PROBE_LABELS"]
+
+
+def red_hue_examples(pool, labels: Sequence[int], *, tint: Sequence[float] | None = None, per_class: int = 3,
+                     delta: float | None = None, classnames: Sequence[str] = ("benign", "melanoma")):
+    """The first ``per_class`` images of each class (columns) as rendered (top row) and with
+    Eq. 32's red hue at ``delta`` (bottom row, default more red); titles say the class and,
+    when ``tint`` is given, whether the image carries the planted tint."""
+    import matplotlib.pyplot as plt
+
+    from .hue import MORE_RED, RedHueImageSet
+
+    delta = MORE_RED if delta is None else float(delta)
+    labels = np.asarray(labels)
+    show = [int(i) for c in range(len(classnames)) for i in np.flatnonzero(labels == c)[:per_class]]
+    if not show:
+        raise ValueError("red_hue_examples: no images of any class in labels")
+    rows = [("none", pool), (f"δ = {delta:g}", RedHueImageSet(pool, delta))]
+    fig, axes = plt.subplots(2, len(show), figsize=(1.5 * len(show), 3.2), squeeze=False)
+    for col, i in enumerate(show):
+        title = classnames[labels[i]] + (", tint" if tint is not None and tint[i] > 0 else "")
+        for row, (_, images) in enumerate(rows):
+            ax = axes[row, col]
+            ax.imshow(np.asarray(images.load_image(i)))
+            ax.set_title(title, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for row, (name, _) in enumerate(rows):
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    return fig
