@@ -18,7 +18,7 @@ Notebooks use the flat namespace, the verbs of that flow::
 Submodules (``ca.faithfulness``, ``ca.sandbox``, ``ca.attribution``, ...) hold the rest.
 """
 
-from . import attribution, data, faithfulness, features, gallery, head, melanoma, models, sae, sandbox, storage
+from . import attribution, data, faithfulness, features, gallery, head, labeling, melanoma, models, sae, sandbox, storage, widgets
 from .attribution import (Attribution, Readout, TopAttribution, act_grad, act_grad_paper, act_logit_lens, energy,
                           integrated_gradients, logit_lens, mean_relevance, random_scores, readout_from_sklearn)
 from .data import ImageFolder, ImageNetFolder, ISIC2019, TensorImageSet
@@ -26,7 +26,10 @@ from .faithfulness import FaithfulnessConfig, FaithfulnessResult, FiringFrequenc
 from .faithfulness import evaluate as evaluate_faithfulness
 from .features import FeatureCache, extract, write_cache
 from .head import Head
-from .models import LoadedCLIP, load_clip, supported_models
+from .labeling import (TopSamples, Vocabulary, basis_diversity, component_embeddings, hidden_concepts, imagenet21k_names,
+                       label_latents, labeler_embeddings, latent_relevance, sandbox_vocabulary, score_labels,
+                       top_activating)
+from .models import HeadUnavailableError, LoadedCLIP, load_clip, supported_models
 from .sae import TopKSAE, TrainConfig, TrainResult, check_compatible, load_sae, save_sae, save_saelens
 from .sae import evaluate as evaluate_sae
 from .sae import train as train_sae
@@ -44,8 +47,13 @@ __all__ = [
     # SAE -> head -> scores
     "Head", "act_grad", "act_grad_paper", "integrated_gradients", "logit_lens", "act_logit_lens", "energy",
     "random_scores", "Readout", "readout_from_sklearn", "Attribution", "TopAttribution", "mean_relevance",
+    # labeling
+    "top_activating", "TopSamples", "labeler_embeddings", "component_embeddings", "Vocabulary", "sandbox_vocabulary",
+    "imagenet21k_names", "label_latents", "hidden_concepts", "latent_relevance", "basis_diversity", "score_labels",
+    "HeadUnavailableError",
     # faithfulness
     "evaluate_faithfulness", "FaithfulnessConfig", "FaithfulnessResult", "RandomOrder", "FiringFrequency",
     # submodules
-    "attribution", "data", "faithfulness", "features", "gallery", "head", "melanoma", "models", "sae", "sandbox", "storage",
+    "attribution", "data", "faithfulness", "features", "gallery", "head", "labeling", "melanoma", "models", "sae",
+    "sandbox", "storage", "widgets",
 ]

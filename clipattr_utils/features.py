@@ -3,6 +3,10 @@
 This is the only place the backbone runs (DESIGN.md, "features first"). Everything after it
 — SAE training, labeling, attribution, faithfulness — reads these cached tensors.
 
+``extract(..., what="embedding")`` caches a labeler's L2-normalised FINAL image embeddings
+(N, d_post) instead (the labeling step, paper Sec. 3.2 / Eq. 2), with the same keying, resume and
+atomic finish; ``what`` is part of the key and of the folder name (``-emb-`` in place of ``-L<layer>-``).
+
 On disk a cache is a folder ``<cache_dir>/<model>-L<layer>-<set>-<key>/`` holding
 
 - ``features.npy``: (N, d_pre) float32, a numpy ``.npy`` read through a memmap (streamable);
@@ -39,6 +43,9 @@ from .transform_key import TransformKeyError, describe_transform  # noqa: F401  
 
 # 2: preprocessing keyed structurally (`describe_transform`), not by repr().
 FORMAT_VERSION = 2
+WHATS = ("class_token", "embedding")
+"""What `extract` caches: the class token after a block (pre-``ln_post``), or the final
+L2-normalised image embedding (a labeler's output)."""
 # Errors that mean "this file is not a usable image" — anything else is a bug and propagates.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)
 
@@ -84,6 +91,11 @@ class FeatureCache:
     @property
     def key(self) -> str:
         return self.meta["key"]
+
+    @property
+    def what(self) -> str:
+        """``"class_token"`` (pre-LayerNorm class tokens) or ``"embedding"`` (unit final embeddings)."""
+        return str(self.meta.get("what", "class_token"))
 
     @property
     def classnames(self) -> list[str]:
@@ -153,13 +165,14 @@ def write_cache(path: str | os.PathLike, x: torch.Tensor | np.ndarray, labels: S
 # extraction
 
 
-def cache_key(clip, image_set: ImageSet, layer: int, precision: str) -> dict:
+def cache_key(clip, image_set: ImageSet, layer: int, precision: str, what: str = "class_token") -> dict:
     """Everything that determines the cached rows. Two runs share a cache only if all match.
 
     Every part is stable across processes (no memory addresses, no hash randomisation), so a
-    later session finds the cache an earlier one wrote.
+    later session finds the cache an earlier one wrote. ``what`` enters the key only when it is
+    not the class token, so class-token caches keep the keys they always had.
     """
-    return {
+    key = {
         "format": FORMAT_VERSION,
         "model": clip.identity,
         "layer": int(layer),
@@ -167,6 +180,9 @@ def cache_key(clip, image_set: ImageSet, layer: int, precision: str) -> dict:
         "image_set": {"describe": image_set.describe(), "fingerprint": image_set.fingerprint()},
         "precision": precision,
     }
+    if what != "class_token":
+        key["what"] = what
+    return key
 
 
 def key_hash(key: dict) -> str:
@@ -235,8 +251,12 @@ def _default_workers(device: torch.device) -> int:
 
 def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = None, batch_size: int = 64, layer: int = -1,
             num_workers: int | None = None, strict: bool = False, progress: bool = True,
-            autocast: bool | None = None) -> FeatureCache:
+            autocast: bool | None = None, what: str = "class_token") -> FeatureCache:
     """Class tokens (pre-``ln_post``) after block ``layer`` for every image; cached and resumable.
+
+    With ``what="embedding"``: the model's final image embedding (``model.encode_image``),
+    L2-normalised, (N, d_post) — what a labeler contributes to Eq. 2. Works for any open_clip
+    tower (``load_clip(..., role="labeler")``), class token or not; ``layer`` must stay -1.
 
     Args:
         clip: a `models.LoadedCLIP`.
@@ -248,9 +268,17 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
         num_workers: DataLoader decoding workers (default: cores - 1 on CPU, up to 8 on GPU).
         strict: raise on the first undecodable image instead of skipping and listing it.
         autocast: mixed precision on CUDA (default True there; part of the key).
+        what: ``"class_token"`` (default) or ``"embedding"`` (see above; part of the key).
     Returns:
         the `FeatureCache` (existing one when the key matches exactly).
     """
+    if what not in WHATS:
+        raise ValueError(f"extract: what must be one of {WHATS}, got {what!r}")
+    if what == "embedding" and layer != -1:
+        raise ValueError(f"extract(what='embedding'): the final embedding has no layer; leave layer=-1 (got {layer})")
+    if what == "class_token" and not getattr(clip, "has_head", True):
+        raise ValueError(f"extract: {clip.name} has no class token (loaded with role={getattr(clip, 'role', None)!r}); "
+                         "a labeler's final embeddings are extract(..., what='embedding')")
     device = clip.device
     use_amp = (device.type == "cuda") if autocast is None else bool(autocast and device.type == "cuda")
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -258,9 +286,10 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     n = len(image_set)
     if n == 0:
         raise ValueError(f"extract: image set {image_set.describe()} is empty")
-    key_dict = cache_key(clip, image_set, layer, precision)
+    key_dict = cache_key(clip, image_set, layer, precision, what)
     key = key_hash(key_dict)
-    name = f"{_slug(clip.name)}-L{layer}-{_slug(image_set.describe().get('kind', 'images'))}-{key}"
+    where = f"L{layer}" if what == "class_token" else "emb"
+    name = f"{_slug(clip.name)}-{where}-{_slug(image_set.describe().get('kind', 'images'))}-{key}"
     cache_dir = resolve_cache_dir(cache_dir)
     final, work = cache_dir / name, cache_dir / (name + ".partial")
 
@@ -272,7 +301,7 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
 
     work.mkdir(parents=True, exist_ok=True)
     progress_path = work / "progress.json"
-    d = clip.model.visual.transformer.width
+    d = clip.model.visual.transformer.width if what == "class_token" else int(clip.d_post)
     if progress_path.is_file():
         state = json.loads(progress_path.read_text())
         if state["key_full"] != json.loads(json.dumps(key_dict)):
@@ -294,10 +323,11 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
                         num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=start, unit="img", desc=f"features {clip.name} L{layer}", disable=not progress,
+    bar = tqdm(total=n, initial=start, unit="img", desc=f"features {clip.name} {where}", disable=not progress,
                smoothing=0.1)
     model = clip.model.eval()
-    with class_token_hook(model, layer) as captured, torch.no_grad():
+    hook = class_token_hook(model, layer) if what == "class_token" else contextlib.nullcontext({})
+    with hook as captured, torch.no_grad():
         for batch_no, (idx, images, bad) in enumerate(loader):
             if bad:
                 if strict:
@@ -306,8 +336,12 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
                 state["skipped"] += [{"index": int(i), "id": image_set.sample_id(i), "error": e} for i, e in bad]
             if images is not None:
                 with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
-                    model.encode_image(images.to(device, non_blocking=True))
-                features[idx.numpy()] = captured["x"].float().cpu().numpy()
+                    out = model.encode_image(images.to(device, non_blocking=True))
+                rows = captured["x"] if what == "class_token" else torch.nn.functional.normalize(out.float(), dim=-1)
+                if rows.shape[-1] != d:
+                    raise RuntimeError(f"extract: {clip.name} produced {what} rows of width {rows.shape[-1]}, "
+                                       f"expected {d}")
+                features[idx.numpy()] = rows.float().cpu().numpy()
             stop = min(start + (batch_no + 1) * batch_size, n)
             features.flush()  # rows reach the file before progress says they exist
             state["next_row"] = stop
@@ -315,11 +349,11 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
             bar.update(stop - bar.n)
     bar.close()
     del features
-    return _finalize(work, final, image_set, key, key_dict, state, clip, layer)
+    return _finalize(work, final, image_set, key, key_dict, state, clip, layer, d, what)
 
 
 def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: dict, state: dict, clip,
-              layer: int) -> FeatureCache:
+              layer: int, d: int, what: str = "class_token") -> FeatureCache:
     n = len(image_set)
     skipped = sorted({s["index"] for s in state["skipped"]})
     keep = np.setdiff1d(np.arange(n), np.asarray(skipped, dtype=np.int64))
@@ -341,7 +375,7 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
     (work / "ids.json").write_text(json.dumps([image_set.sample_id(int(i)) for i in keep]))
     meta = {
         "format": FORMAT_VERSION, "key": key, "key_full": key_dict, "n": int(len(keep)),
-        "d": int(clip.model.visual.transformer.width), "layer": layer, "model": clip.identity,
+        "d": int(d), "layer": layer, "what": what, "model": clip.identity,
         "image_set": image_set.describe(), "classnames": list(getattr(image_set, "classnames", [])),
         "skipped": state["skipped"], "batch_size": state["batch_size"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True,

@@ -7,6 +7,13 @@ class token (LayerNorm + projection) and batched text encoding.
 Only towers whose image embedding is ``ln_post(class token) @ proj`` are accepted: that is
 the map the SAE and the attribution formulas sit in front of. Attention-pooled, average-pooled
 and timm towers are refused with the list of what is supported.
+
+Roles. The model being *explained* needs that class-token head (``role="explain"``, the
+default). A *labeler* (the paper's MobileCLIP-S2 in Eq. 2, Sec. 3.2) only needs its FINAL image
+embedding and its text tower, so ``load_clip(name, pretrained, role="labeler")`` accepts any
+open_clip model (timm towers such as FastViT/MobileCLIP, attention pooling, ResNets). Such a
+`LoadedCLIP` has no class-token head when its tower has none: reading ``clip.head`` then raises
+`HeadUnavailableError` instead of building a head that would not reproduce the model.
 """
 
 from __future__ import annotations
@@ -50,6 +57,13 @@ class HubUnreachableError(RuntimeError):
     """Weights are not cached locally and the hub cannot be reached."""
 
 
+class HeadUnavailableError(AttributeError):
+    """This model has no class-token head (a labeler-role load of a non-class-token tower)."""
+
+
+ROLES = ("explain", "labeler")
+
+
 @dataclass
 class LoadedCLIP:
     """A CLIP ready for the features-first flow.
@@ -57,15 +71,26 @@ class LoadedCLIP:
     ``head`` follows ``model`` (`Head.from_model`): loading other weights into ``model``
     (``clip.model.load_state_dict(...)``) or replacing its ``visual.ln_post`` / ``visual.proj``
     changes the head too. Assigning a new ``clip.model`` rebinds a head that followed the old one.
+
+    ``head=None`` (what ``load_clip(..., role="labeler")`` gives for a tower without a class
+    token, e.g. MobileCLIP's FastViT): the model can embed images and text (a labeler) but cannot
+    be explained; reading ``clip.head`` raises `HeadUnavailableError`. ``has_head`` tells.
+
+    Attributes:
+        role: ``"explain"`` (a class-token ViT, the model the SAE sits in) or ``"labeler"``
+            (only the final image embedding and the text tower are used).
+        embed_dim: width of the final image/text embedding (d_post); None means the head's.
     """
 
     model: torch.nn.Module
     preprocess: Callable
     tokenizer: Callable
-    head: Head
+    head: Head | None = field(repr=False, compare=False)  # a property below; None -> reading raises
     name: str
     pretrained: str | None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    role: str = "explain"
+    embed_dim: int | None = None
     # (fingerprint of the vision tensors, sha256 of their values) as last hashed; see `identity`.
     _identity: tuple | None = field(default=None, repr=False, compare=False)
 
@@ -73,9 +98,14 @@ class LoadedCLIP:
         old = self.__dict__.get("model")
         object.__setattr__(self, name, value)
         if name == "model" and old is not None and value is not old:
-            head = self.__dict__.get("head")
+            head = self.__dict__.get("_head")
             if isinstance(head, Head) and head.source is old:
                 object.__setattr__(self, "head", Head.from_model(value))
+
+    @property
+    def has_head(self) -> bool:
+        """True when ``head`` is usable (a class-token tower); False for head-less labelers."""
+        return self.__dict__.get("_head") is not None
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -108,6 +138,9 @@ class LoadedCLIP:
 
     @property
     def d_post(self) -> int:
+        """Width of the final image/text embedding."""
+        if self.embed_dim is not None:
+            return int(self.embed_dim)
         return self.head.d_post
 
     @torch.no_grad()
@@ -137,6 +170,30 @@ class LoadedCLIP:
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images -> (N, d_post) unnormalised embeddings (open_clip's own path)."""
         return self.model.encode_image(images.to(self.device)).float()
+
+
+def _get_head(self: LoadedCLIP) -> Head:
+    head = self.__dict__.get("_head")
+    if head is None:
+        raise HeadUnavailableError(
+            f"{self.name} (role={self.role!r}) has no class-token head: its image embedding is not "
+            "ln_post(class token) @ proj, so SAE attribution through a head is undefined for it. It can "
+            "serve as a labeler (clip.encode_text, features.extract(..., what='embedding')); to explain a "
+            f"model, load a class-token ViT with role='explain' (see supported_models())."
+        )
+    return head
+
+
+def _set_head(self: LoadedCLIP, value: Head | None) -> None:
+    if value is not None and not isinstance(value, Head):
+        raise TypeError(f"LoadedCLIP.head must be a Head or None, got {type(value).__name__}")
+    self.__dict__["_head"] = value
+
+
+LoadedCLIP.head = property(  # type: ignore[assignment]
+    _get_head, _set_head,
+    doc="The class-token head (LayerNorm + projection, `Head`); raises `HeadUnavailableError` when the "
+        "model has none (``load_clip(..., role='labeler')`` of a non-class-token tower).")
 
 
 def _state_fingerprint(state: dict[str, torch.Tensor]) -> list[tuple]:
@@ -266,7 +323,8 @@ def _resolve_hub_checkpoint(name: str, tag: str, cfg: dict) -> str:
     raise HubUnreachableError(f"{name}/{tag}: download from {repo_id} failed: {last_error}")
 
 
-def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedCLIP:
+def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+              role: str = "explain") -> LoadedCLIP:
     """Load an open_clip class-token ViT (or the built-in sandbox CLIP) by name.
 
     Args:
@@ -277,9 +335,17 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: st
             means random weights (with a `RandomWeightsWarning`); for local models it means the
             shipped weights, and ``"random"`` asks for random init.
         device: where the model lives; features use autocast on CUDA.
+        role: ``"explain"`` (default): the model the SAE explains; only class-token ViTs are
+            accepted. ``"labeler"``: a model whose FINAL image embedding labels latents (Eq. 2),
+            e.g. ``("MobileCLIP-S2", "datacompdr")``, the MobileCLIP2 family or the shipped
+            ``"sandbox-labeler"``; any open_clip tower is accepted, and when it has no class
+            token the result has no head (``clip.head`` raises `HeadUnavailableError`; a
+            class-token ViT loaded as a labeler keeps its head).
     """
     import open_clip
 
+    if role not in ROLES:
+        raise ValueError(f"load_clip: role must be one of {ROLES}, got {role!r}")
     _register_local_configs()
     device = torch.device(device)
     known = open_clip.list_models()
@@ -291,10 +357,12 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: st
             )
         raise ValueError(f"Unknown model name {name!r}. Close matches: {_close_matches(name, known)}. "
                          "See clipattr_utils.models.supported_models().")
-    reason = _unsupported_reason(open_clip.get_model_config(name))
-    if reason is not None:
+    config = open_clip.get_model_config(name)
+    reason = _unsupported_reason(config)
+    if reason is not None and role == "explain":
         raise ValueError(
             f"{name} is not supported: {reason}. clipattr needs image embedding = ln_post(class token) @ proj. "
+            f"(As a labeler, whose final embedding only is used, load it with role='labeler'.) "
             f"Supported: {', '.join(supported_models())}"
         )
 
@@ -337,13 +405,17 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: st
     with _quiet_open_clip_init():
         model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device="cpu", **kwargs)
     visual = model.visual
-    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+    class_token = reason is None and getattr(visual, "attn_pool", None) is None and \
+        getattr(visual, "pool_type", "tok") == "tok"
+    if not class_token and role == "explain":
         raise ValueError(f"{name} is not supported: the built image tower does not pool the class token")
     if checkpoint is not None:
         _load_weights(model, checkpoint)
     model = model.to(device).eval()
+    embed_dim = (config or {}).get("embed_dim")
     return LoadedCLIP(model=model, preprocess=preprocess, tokenizer=open_clip.get_tokenizer(name),
-                      head=Head.from_model(model), name=name, pretrained=source, device=device)
+                      head=Head.from_model(model) if class_token else None, name=name, pretrained=source,
+                      device=device, role=role, embed_dim=None if embed_dim is None else int(embed_dim))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,80 @@
+"""The files notebook 02 writes, in one place, so reruns with other seeds can be scored.
+
+``write_outputs(out_dir, ...)`` writes (each atomically):
+
+* ``latents.csv``: one row per labelled latent — ``latent, label, alignment, clarity,
+  polysemanticity, firing_rate, mean_activation, top5_mean, hidden`` (plus ``top20_mean``,
+  ``attribute``, ``value``, ``expected_label``, ``expected_alignment`` where known);
+* ``top_samples.csv``: ``latent, rank, sample_id, activation`` — the top ``n_used`` samples
+  behind each labelled latent;
+* ``pool.json``: how to rebuild the image set the rows index (for the sandbox the
+  ``sandbox.make_dataset`` keyword arguments);
+* ``vocabulary.csv``: ``label, attribute, value``;
+* ``diversity.json``: unique-label counts per basis (when given);
+* ``ground_truth.json``: the sandbox scores (when given).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..storage import write_json_atomic, write_text_atomic
+from .top import TopSamples
+from .vocabulary import Vocabulary
+
+LATENT_COLUMNS = ("latent", "label", "alignment", "clarity", "polysemanticity", "firing_rate", "mean_activation",
+                  "top5_mean", "hidden")
+EXTRA_COLUMNS = ("top20_mean", "count", "attribute", "value", "expected_label", "expected_alignment")
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def latents_frame(table: pd.DataFrame, hidden: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The ``latents.csv`` columns from `label_latents`' table; ``hidden`` marks the rows of a
+    `hidden_concepts` result."""
+    out = table.copy()
+    out["hidden"] = out["latent"].isin(set(hidden["latent"])) if hidden is not None else False
+    cols = [*LATENT_COLUMNS, *(c for c in EXTRA_COLUMNS if c in out.columns)]
+    return out[cols].reset_index(drop=True)
+
+
+def top_samples_frame(top: TopSamples, latents: Any, n_used: int = 20) -> pd.DataFrame:
+    """``latent, rank, sample_id, activation`` of the top ``n_used`` samples of ``latents``."""
+    frame = top.to_frame()
+    frame = frame[frame["latent"].isin(set(int(j) for j in latents)) & (frame["rank"] < n_used)]
+    return frame[["latent", "rank", "sample_id", "activation"]].reset_index(drop=True)
+
+
+def write_outputs(out_dir: str | os.PathLike, *, table: pd.DataFrame, top: TopSamples, vocabulary: Vocabulary,
+                  pool: dict, hidden: pd.DataFrame | None = None, n_used: int = 20,
+                  diversity: pd.DataFrame | None = None, ground_truth: dict | None = None) -> dict[str, Path]:
+    """Write the labeling results into ``out_dir`` (module docstring); returns name -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    latents = latents_frame(table, hidden)
+    paths = {
+        "latents": write_text_atomic(out / "latents.csv", _csv(latents)),
+        "top_samples": write_text_atomic(out / "top_samples.csv",
+                                         _csv(top_samples_frame(top, latents["latent"], n_used))),
+        "pool": write_json_atomic(out / "pool.json", pool, indent=2),
+        "vocabulary": write_text_atomic(out / "vocabulary.csv",
+                                        _csv(vocabulary.frame[["label", "attribute", "value"]])),
+    }
+    if diversity is not None:
+        paths["diversity"] = write_json_atomic(out / "diversity.json",
+                                               {"bases": diversity.to_dict(orient="records")}, indent=2)
+    if ground_truth is not None:
+        paths["ground_truth"] = write_json_atomic(out / "ground_truth.json", ground_truth, indent=2)
+    return paths
+
+
+__all__ = ["write_outputs", "latents_frame", "top_samples_frame", "LATENT_COLUMNS"]
