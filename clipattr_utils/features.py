@@ -264,7 +264,8 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
         cache_dir: folder holding caches; the subfolder name carries a hash of the full key.
             None: the series' shared cache, :func:`clipattr_utils.storage.default_cache_dir`.
         batch_size: images per forward pass (fixed for a cache: a resumed run keeps the first).
-        layer: transformer block whose output is cached (-1: the last, the paper's setting).
+        layer: transformer block whose output is cached (-1: the last, the paper's setting);
+            negative indices count from the end and key the cache like their positive twin.
         num_workers: DataLoader decoding workers (default: cores - 1 on CPU, up to 8 on GPU).
         strict: raise on the first undecodable image instead of skipping and listing it.
         autocast: mixed precision on CUDA (default True there; part of the key).
@@ -279,6 +280,11 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     if what == "class_token" and not getattr(clip, "has_head", True):
         raise ValueError(f"extract: {clip.name} has no class token (loaded with role={getattr(clip, 'role', None)!r}); "
                          "a labeler's final embeddings are extract(..., what='embedding')")
+    if what == "class_token":
+        n_blocks = len(clip.model.visual.transformer.resblocks)
+        if not -n_blocks <= layer < n_blocks:
+            raise ValueError(f"extract: layer={layer} out of range for {clip.name}'s {n_blocks} blocks")
+        layer = layer % n_blocks  # -1 and n_blocks - 1 are the same block: one cache, one key
     device = clip.device
     use_amp = (device.type == "cuda") if autocast is None else bool(autocast and device.type == "cuda")
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

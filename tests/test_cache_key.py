@@ -249,3 +249,19 @@ def test_new_weights_give_a_new_cache(tmp_path):
         clip.model.encode_image(batch)
     torch.testing.assert_close(second.read(), captured["x"], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(first.read(), captured["x"], atol=1e-3)
+
+
+def test_negative_and_positive_layer_share_one_cache(tmp_path):
+    from clipattr_utils import features, sandbox
+    from clipattr_utils.models import load_clip
+
+    clip = load_clip("sandbox")
+    images = sandbox.make_dataset(3, "test", 0)
+    n_blocks = len(clip.model.visual.transformer.resblocks)
+    last = features.extract(clip, images, tmp_path, layer=-1, progress=False)
+    again = features.extract(clip, images, tmp_path, layer=n_blocks - 1, progress=False)
+    assert again.path == last.path and len(list(tmp_path.iterdir())) == 1
+    other = features.extract(clip, images, tmp_path, layer=-2, progress=False)
+    assert other.path != last.path and not torch.equal(other.read(), last.read())
+    with pytest.raises(ValueError, match="out of range"):
+        features.extract(clip, images, tmp_path, layer=n_blocks, progress=False)

@@ -149,3 +149,40 @@ def test_labeler_zero_shot_on_planted_embeddings():
     assert zs.loc["tint", "metric"] == "auroc" and zs.loc["tint", "score"] > 0.95
     with pytest.raises(ValueError, match="attribute rows"):
         labeler_zero_shot(X[:5], attrs, vocab)
+
+
+def test_sandbox_pool_rebuilds_from_its_keyword_arguments_and_decouples_backgrounds():
+    import json
+
+    from clipattr_utils.labeling.pool import rebuild_sandbox_pool, sandbox_pool
+
+    pool, kwargs = sandbox_pool(400, seed=3)
+    again = rebuild_sandbox_pool(json.loads(json.dumps(kwargs)))  # through pool.json
+    assert again.fingerprint() == pool.fingerprint()
+    a = pool.attributes
+    boats = a[a["object"] == "boat"]
+    assert len(boats) > 10 and (boats["background"] == "water").mean() < 0.5  # not the 0.99 of training
+    assert (a["watermark"].astype(bool)).mean() > 0.1 and (a["tint"] > 0).mean() > 0.05
+
+
+def test_choose_templates_picks_the_best_normalised_zero_shot(monkeypatch):
+    import pandas as pd
+
+    from clipattr_utils.labeling import pool as pool_mod
+
+    scores = {("{}",): [0.5, 0.9], ("a photo of {}",): [0.8, 0.9]}
+
+    def fake_zero_shot(emb, attrs, vocab):
+        return pd.DataFrame({"attribute": ["object", "tint"], "score": scores[vocab.templates],
+                             "chance": [0.1, 0.5]})
+
+    class FakeVocabulary:
+        @staticmethod
+        def build(labeler, vocab, templates, progress=False):
+            return type("V", (), {"templates": tuple(templates)})()
+
+    monkeypatch.setattr(pool_mod, "labeler_zero_shot", fake_zero_shot)
+    monkeypatch.setattr(pool_mod, "Vocabulary", FakeVocabulary)
+    best, table = pool_mod.choose_templates(None, None, None, None, candidates=list(scores))
+    assert best == ("a photo of {}",)
+    assert table["mean_norm"].tolist() == [((0.5 - 0.1) / 0.9 + 0.8) / 2, ((0.8 - 0.1) / 0.9 + 0.8) / 2]

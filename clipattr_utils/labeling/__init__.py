@@ -21,6 +21,7 @@ embeddings and (on the sandbox) the attribute table must come from one image set
 (checked through sample ids where both sides have them).
 """
 
+from . import outputs, pool
 from .align import Alignment, align, align_chunk, alignment_scores, expected_alignment, label_names
 from .diversity import (Diversity, basis_diversity, interpretability_vs_activation,
                         plot_interpretability_vs_activation)
