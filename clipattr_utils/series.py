@@ -26,6 +26,7 @@ PRESETS: dict[str, dict] = {
     "sandbox-fast": {
         "00": {"n_zero_shot": 120, "n_per_group": 40, "n_per_word": 6, "n_lesion_train": 300, "n_lesion_test": 50},
         "01": {"n_train": 1500, "n_val": 500, "epochs": 5, "compare_without_auxk": False},
+        "02": {"n_pool": 1500, "n_calibration": 500, "n_top": 50},
         "03": {"n_per_class": 8, "n_train": 1500, "sae_epochs": 5, "n_random_ref": 100},
         "05": {"n_pool": 400, "n_sae_train": 600, "sae_epochs": 5, "n_seeds": 3},
     },

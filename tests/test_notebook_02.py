@@ -1,0 +1,77 @@
+"""Notebook 02 runs headless with small parameters; its files agree with an independent
+recomputation from the pool it says it used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "02_labeling.ipynb"
+WEIGHTS = ROOT / "data" / "sandbox" / "sandbox-labeler.safetensors"
+
+
+def test_notebook_is_committed_clean_with_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert "parameters" in nb.cells[0].metadata.get("tags", [])
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    for name in ('model_name = "sandbox"', "seed = 0", "cache_dir = None", "out_dir = None", "sae_dir = None"):
+        assert name in code[0].source
+
+
+@pytest.mark.slow
+def test_notebook_02_runs_and_its_files_match_a_recomputation(tmp_path):
+    if not WEIGHTS.is_file():
+        pytest.skip(f"the shipped labeler {WEIGHTS.relative_to(ROOT)} is missing")
+    papermill = pytest.importorskip("papermill")
+    import clipattr_utils as ca
+    from clipattr_utils.labeling.pool import rebuild_sandbox_pool
+
+    out = tmp_path / "out"
+    params = dict(n_pool=600, n_calibration=300, n_train=600, sae_d_sae=128, sae_k=8, sae_epochs=3, n_top=30,
+                  min_count=5, tau_act=1.0, seed=1, cache_dir=str(tmp_path / "cache"), out_dir=str(out))
+    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "02.ipynb"), parameters=params, kernel_name="python3",
+                               cwd=str(ROOT), progress_bar=False)
+    for name in ("latents.csv", "top_samples.csv", "pool.json", "vocabulary.csv", "diversity.json",
+                 "ground_truth.json"):
+        assert (out / name).is_file(), name
+    latents = pd.read_csv(out / "latents.csv")
+    assert {"latent", "label", "alignment", "clarity", "polysemanticity", "firing_rate", "mean_activation",
+            "top5_mean", "hidden"} <= set(latents.columns)
+    assert len(latents) > 10
+    diversity = json.loads((out / "diversity.json").read_text())["bases"]
+    assert {d["basis"] for d in diversity} >= {"SAE", "PCA", "neuron"}
+
+    # Rebuild the pool from pool.json, recompute the SAE code by hand and check the written
+    # top samples: the top-ranked sample of each latent is its most activating pool image.
+    spec = json.loads((out / "pool.json").read_text())
+    pool = rebuild_sandbox_pool(spec["kwargs"])
+    clip = ca.load_clip("sandbox")
+    x = ca.extract(clip, pool, tmp_path / "cache", progress=False).read().double()
+    sae = ca.TopKSAE.load(out / "sae", d_in=clip.head.d_pre)
+    W_enc, b_enc, b_dec = (t.detach().double() for t in (sae.W_enc, sae.b_enc, sae.b_dec))
+    pre = torch.relu((x - b_dec) @ W_enc + b_enc)
+    kth = pre.topk(sae.k, dim=1).values[:, -1:]
+    dense = torch.where(pre >= kth, pre, torch.zeros_like(pre))
+    ids = [pool.sample_id(i) for i in range(len(pool))]
+    tops = pd.read_csv(out / "top_samples.csv")
+    for j in latents["latent"].head(8):
+        best = int(dense[:, j].argmax())
+        first = tops[(tops["latent"] == j) & (tops["rank"] == 0)].iloc[0]
+        assert first["sample_id"] == ids[best]
+        assert first["activation"] == pytest.approx(float(dense[best, j]), rel=1e-4)
+        assert latents.loc[latents["latent"] == j, "firing_rate"].iloc[0] == pytest.approx(
+            float((dense[:, j] > 0).double().mean()), abs=1e-9)
+    # Ground truth: the overall share is the named count over the pure count.
+    gt = json.loads((out / "ground_truth.json").read_text())
+    overall = [r for r in gt["labels"] if r["attribute"] == "overall"][0]
+    if overall["n_pure"]:
+        assert overall["share_named"] == pytest.approx(overall["n_named"] / overall["n_pure"])
+    assert np.isfinite(latents["alignment"]).all()
