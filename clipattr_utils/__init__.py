@@ -18,7 +18,8 @@ Notebooks use the flat namespace, the verbs of that flow::
 Submodules (``ca.faithfulness``, ``ca.sandbox``, ``ca.attribution``, ...) hold the rest.
 """
 
-from . import attribution, data, faithfulness, features, gallery, head, labeling, melanoma, models, sae, sandbox, storage, widgets
+from . import (attribution, data, faithfulness, features, gallery, head, labeling, melanoma, mining, models, sae, sandbox,
+               storage, widgets)
 from .attribution import (Attribution, Readout, TopAttribution, act_grad, act_grad_paper, act_logit_lens, energy,
                           integrated_gradients, logit_lens, mean_relevance, random_scores, readout_from_sklearn)
 from .data import ImageFolder, ImageNetFolder, ISIC2019, TensorImageSet
@@ -54,6 +55,6 @@ __all__ = [
     # faithfulness
     "evaluate_faithfulness", "FaithfulnessConfig", "FaithfulnessResult", "RandomOrder", "FiringFrequency",
     # submodules
-    "attribution", "data", "faithfulness", "features", "gallery", "head", "labeling", "melanoma", "models", "sae",
+    "attribution", "data", "faithfulness", "features", "gallery", "head", "labeling", "melanoma", "mining", "models", "sae",
     "sandbox", "storage", "widgets",
 ]

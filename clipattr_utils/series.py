@@ -28,6 +28,8 @@ PRESETS: dict[str, dict] = {
         "01": {"n_train": 1500, "n_val": 500, "epochs": 5, "compare_without_auxk": False},
         "02": {"n_pool": 1500, "n_calibration": 500, "n_top": 50},
         "03": {"n_per_class": 8, "n_train": 1500, "sae_epochs": 5, "n_random_ref": 100},
+        "04": {"n_pool": 1500, "n_probe": 600, "n_train": 800, "sae_d_sae": 512, "sae_k": 16, "sae_epochs": 3,
+               "min_count": 5},
         "05": {"n_pool": 400, "n_sae_train": 600, "sae_epochs": 5, "n_seeds": 3},
     },
 }

@@ -1,0 +1,173 @@
+"""Evaluating found failure sets (App. D.2, Fig. 5, Table 1).
+
+For each flagged failure set (class c, its distractors):
+
+* spurious AUC: AUROC of a score separating class c's samples from the distractors;
+* valid AUC: AUROC separating class c's samples from all other classes' samples.
+
+Scores: (i) ``short``: cosine with "{short}" (the short class name), (ii) ``full``: with the
+full class name, (iii) ``template``: the mean text embedding of the templates
+`TEMPLATES` of the short name, (iv) ``both``: templates of the full name, (v) ``probe``: a
+one-vs-rest logistic regression on unit image embeddings, trained on a separate split.
+Table 1 reports spurious-AUC differences to (i) per failure type: Templating (iii - i),
+Extended description (ii - i), Both (iv - i), mean with SEM over failure sets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .classes import MiningClass
+
+TEMPLATES: tuple[str, ...] = ("{}", "an image of a {}", "a {}")
+VARIANTS: tuple[str, ...] = ("short", "full", "template", "both", "probe")
+TABLE1 = {"Templating": "template", "Extended description": "full", "Both": "both"}
+AUC_COLUMNS = ["class", "latent", "failure_type", "variant", "spurious_auc", "valid_auc", "n_distractors"]
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score(pos) > score(neg)) + 0.5 P(tie) (Mann-Whitney), NaN when a side is empty."""
+    pos, neg = np.asarray(pos, float), np.asarray(neg, float)
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    allv = np.concatenate([pos, neg])
+    ranks = pd.Series(allv).rank(method="average").to_numpy()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def prompt_embeddings(clip: Any, classes: Sequence[MiningClass]) -> dict[str, torch.Tensor]:
+    """(C, d_post) unit text embeddings per prompt variant (i)-(iv)."""
+    def mean_emb(names):
+        embs = [F.normalize(clip.encode_text([t.format(n) for n in names]).float(), dim=-1) for t in TEMPLATES]
+        return F.normalize(torch.stack(embs).mean(0), dim=-1)
+    short = [c.short for c in classes]
+    full = [c.full for c in classes]
+    return {"short": F.normalize(clip.encode_text(short).float(), dim=-1),
+            "full": F.normalize(clip.encode_text(full).float(), dim=-1),
+            "template": mean_emb(short), "both": mean_emb(full)}
+
+
+def train_probe(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, seed: int = 0, C: float = 1.0):
+    """One-vs-rest (multinomial) logistic regression on unit image embeddings."""
+    from sklearn.linear_model import LogisticRegression
+
+    keep = np.asarray(labels) >= 0
+    z = embeddings[keep] / np.linalg.norm(embeddings[keep], axis=1, keepdims=True)
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    clf.fit(z, np.asarray(labels)[keep])
+    if list(clf.classes_) != list(range(n_classes)):
+        raise ValueError(f"probe training split lacks classes: has {list(clf.classes_)}, needs 0..{n_classes - 1}")
+    return clf
+
+
+def variant_scores(image_emb: torch.Tensor, prompts: dict[str, torch.Tensor], probe: Any = None) -> dict[str, np.ndarray]:
+    """(N, C) scores per variant from (N, d_post) image embeddings."""
+    z = F.normalize(image_emb.float(), dim=-1)
+    out = {k: (z @ t.T).numpy() for k, t in prompts.items()}
+    if probe is not None:
+        out["probe"] = probe.decision_function(z.numpy())
+    return out
+
+
+def failure_aucs(scores: dict[str, np.ndarray], labels: np.ndarray, failures: pd.DataFrame,
+                 samples: pd.DataFrame) -> pd.DataFrame:
+    """Per failure set (rows of ``failures``: class, class_index, latent, failure_type) and
+    variant: spurious AUC (class vs its distractors, ``samples.row``) and valid AUC (class vs
+    all other classes' samples)."""
+    labels = np.asarray(labels)
+    grouped = {k: g["row"].to_numpy() for k, g in samples.groupby(["class", "latent"])}
+    rows = []
+    for r in failures.itertuples(index=False):
+        c = int(r.class_index)
+        dis = grouped.get((r[0], int(r.latent)), np.array([], dtype=np.int64))
+        pos = labels == c
+        neg = (labels != c) & (labels >= 0)
+        for v, s in scores.items():
+            rows.append({"class": r[0], "latent": int(r.latent), "failure_type": r.failure_type, "variant": v,
+                         "spurious_auc": auroc(s[pos, c], s[dis, c]), "valid_auc": auroc(s[pos, c], s[neg, c]),
+                         "n_distractors": len(dis)})
+    return pd.DataFrame(rows, columns=AUC_COLUMNS)
+
+
+def _sem(v: pd.Series) -> float:
+    v = v.dropna()
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def summary(aucs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and SEM of spurious and valid AUC per failure type and variant (Fig. 5 / 14)."""
+    if aucs.empty:
+        return pd.DataFrame(columns=["failure_type", "variant", "spurious_auc", "valid_auc", "n_sets",
+                                     "spurious_sem", "valid_sem"])
+    g = aucs.groupby(["failure_type", "variant"])
+    out = g.agg(spurious_auc=("spurious_auc", "mean"), valid_auc=("valid_auc", "mean"),
+                n_sets=("spurious_auc", "count")).reset_index()
+    out["spurious_sem"] = g["spurious_auc"].apply(_sem).to_numpy()
+    out["valid_sem"] = g["valid_auc"].apply(_sem).to_numpy()
+    return out
+
+
+def table1(aucs: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: per failure type, the spurious-AUC change from the short prompt (mean, SEM
+    over failure sets) for templating, an extended description, and both."""
+    if aucs.empty:
+        return pd.DataFrame(columns=["failure_type", "n_sets"] + [c for n in TABLE1 for c in (n, f"{n} sem")])
+    wide = aucs.pivot_table(index=["failure_type", "class", "latent"], columns="variant",
+                            values="spurious_auc").reset_index()
+    rows = []
+    for ft, g in wide.groupby("failure_type"):
+        row = {"failure_type": ft, "n_sets": len(g)}
+        for name, v in TABLE1.items():
+            d = g[v] - g["short"]
+            row[name] = float(d.mean())
+            row[f"{name} sem"] = _sem(d)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def probe_vs_prompts(aucs: pd.DataFrame, failure_type: str = "spurious") -> dict:
+    """Spurious AUC of the probe vs the best prompt variant on one failure type."""
+    s = summary(aucs)
+    s = s[s["failure_type"] == failure_type].set_index("variant")
+    if s.empty or "probe" not in s.index:
+        return {"failure_type": failure_type, "available": False}
+    prompts = s.drop(index="probe")
+    best = prompts["spurious_auc"].idxmax()
+    return {"failure_type": failure_type, "available": True, "probe_spurious_auc": float(s.at["probe", "spurious_auc"]),
+            "probe_sem": float(s.at["probe", "spurious_sem"]), "best_prompt": str(best),
+            "best_prompt_spurious_auc": float(prompts.at[best, "spurious_auc"]),
+            "short_prompt_spurious_auc": float(s.at["short", "spurious_auc"]) if "short" in s.index else float("nan"),
+            "probe_more_robust": bool(s.at["probe", "spurious_auc"] > prompts.at[best, "spurious_auc"])}
+
+
+def plot_failure_aucs(aucs: pd.DataFrame):
+    """Fig. 5-like: valid AUC (x) vs spurious AUC (y), mean +- SEM, per failure type
+    (panel) and variant (marker)."""
+    import matplotlib.pyplot as plt
+
+    s = summary(aucs)
+    types = sorted(s["failure_type"].unique())
+    fig, axes = plt.subplots(1, max(1, len(types)), figsize=(3.6 * max(1, len(types)), 3.4), squeeze=False)
+    markers = dict(zip(VARIANTS, "os^Dv"))
+    for ax, ft in zip(axes[0], types):
+        for r in s[s["failure_type"] == ft].itertuples():
+            ax.errorbar(r.valid_auc, r.spurious_auc, xerr=np.nan_to_num(r.valid_sem), yerr=np.nan_to_num(r.spurious_sem),
+                        marker=markers.get(r.variant, "o"), ls="none", capsize=2, label=r.variant)
+        ax.set_title(f"{ft} (n={int(s[s['failure_type'] == ft]['n_sets'].max())})", fontsize=9)
+        ax.set_xlabel("valid AUC")
+        ax.set_ylabel("spurious AUC")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.plot([0, 1], [0, 1], color="0.8", lw=0.8, zorder=0)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["TEMPLATES", "VARIANTS", "TABLE1", "auroc", "prompt_embeddings", "train_probe", "variant_scores",
+           "failure_aucs", "summary", "table1", "probe_vs_prompts", "plot_failure_aucs"]

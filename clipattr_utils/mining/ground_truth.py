@@ -1,0 +1,119 @@
+"""Sandbox ground truth for flagged pairs: which planted attribute their distractors share.
+
+Planted modes (world.py): (a) spurious background ``boat`` / ``water``; (b) typography: a
+class Y in `TYPO_WORDS` / images with the word Y; (c) polysemy: one ``bat`` sense / the
+other sense's images; (d) compound noun: ``fire truck`` / images of ``fire``.
+A flagged pair counts as a found planted mode when more than `majority` of its distractors
+carry that class's planted attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .classes import MiningClass
+
+MODES = ("a_spurious", "b_typography", "c_polysemy", "d_compound")
+FAILURE_TYPES = ("polysemy", "compound noun", "typography", "spurious", "other", "not a failure")
+MODE_TYPE = {"a_spurious": "spurious", "b_typography": "typography", "c_polysemy": "polysemy",
+             "d_compound": "compound noun"}
+
+
+def planted_attributes(mc: MiningClass) -> list[tuple[str, str, str]]:
+    """(mode, column, value) of the planted attributes that fool class ``mc``'s prompt."""
+    from ..sandbox.render import CLASS_SPRITES
+    from ..sandbox.world import (COMPOUND_CLASS, COMPOUND_HEAD, POLYSEMOUS_WORD, SPURIOUS_BACKGROUND,
+                                 SPURIOUS_CLASS, TYPO_WORDS)
+
+    out = []
+    if mc.object == SPURIOUS_CLASS:
+        out.append(("a_spurious", "background", SPURIOUS_BACKGROUND))
+    if mc.short in TYPO_WORDS:
+        out.append(("b_typography", "text", mc.short))
+    if mc.object == POLYSEMOUS_WORD and mc.sprite is not None:
+        out += [("c_polysemy", "sprite", s) for s in CLASS_SPRITES[mc.object] if s != mc.sprite]
+    if mc.object == COMPOUND_CLASS:
+        out.append(("d_compound", "object", COMPOUND_HEAD))
+    return out
+
+
+def suggest_type(attributes: pd.DataFrame, rows: Sequence[int], mc: MiningClass, majority: float = 0.5
+                 ) -> tuple[str, str, float]:
+    """(failure type, "column=value", share) suggested from the distractors' attributes.
+
+    Looks, in order, for a shared word naming the class (typography), an image of another
+    sense of the class's word (polysemy), an object named by the class's first word
+    (compound noun), then the most common background (spurious); returns "other" when no
+    candidate reaches ``majority``. Generic: it does not know which modes were planted."""
+    a = attributes.iloc[np.asarray(rows, dtype=np.int64)]
+    if len(a) == 0:
+        return "other", "", 0.0
+    cands = []
+    cands.append(("typography", "text", mc.short, float((a["text"] == mc.short).mean())))
+    same_word = (a["object"] == mc.object) & (a["sprite"] != (mc.sprite or ""))
+    if mc.sprite is not None:
+        top = a.loc[same_word, "sprite"].value_counts()
+        if len(top):
+            cands.append(("polysemy", "sprite", str(top.index[0]), float(same_word.mean())))
+    words = mc.short.split()
+    if len(words) > 1:
+        cands.append(("compound noun", "object", words[0], float((a["object"] == words[0]).mean())))
+    bg = a["background"].value_counts(normalize=True)
+    cands.append(("spurious", "background", str(bg.index[0]), float(bg.iloc[0])))
+    best = max(cands, key=lambda c: c[3])
+    if best[3] <= majority:
+        return "other", f"{best[1]}={best[2]}", best[3]
+    return best[0], f"{best[1]}={best[2]}", best[3]
+
+
+def pair_truth(flagged: pd.DataFrame, samples: pd.DataFrame, attributes: pd.DataFrame,
+               classes: Sequence[MiningClass], majority: float = 0.5) -> pd.DataFrame:
+    """Per flagged pair: the planted mode whose attribute most of its distractors share
+    (``mode`` = "" if none), that share, and the generic suggestion."""
+    by_name = {c.name: c for c in classes}
+    grouped = {k: g["row"].to_numpy() for k, g in samples.groupby(["class", "latent"])}
+    rows = []
+    for r in flagged.itertuples(index=False):
+        mc = by_name[r[0]]
+        d = grouped.get((mc.name, int(r.latent)), np.array([], dtype=np.int64))
+        a = attributes.iloc[d]
+        mode, share = "", 0.0
+        for m, col, val in planted_attributes(mc):
+            s = float((a[col] == val).mean()) if len(a) else 0.0
+            if s > share:
+                mode, share = m, s
+        hit = share > majority
+        st, sattr, sshare = suggest_type(attributes, d, mc, majority)
+        rows.append({"class": mc.name, "latent": int(r.latent), "mode": mode if hit else "",
+                     "planted_share": share, "true_type": MODE_TYPE[mode] if hit else "other",
+                     "suggested_type": st, "suggested_attribute": sattr, "suggested_share": sshare})
+    return pd.DataFrame(rows, columns=["class", "latent", "mode", "planted_share", "true_type", "suggested_type",
+                                       "suggested_attribute", "suggested_share"])
+
+
+def score(truth: pd.DataFrame, classes: Sequence[MiningClass], top: int = 10) -> dict:
+    """Recall per planted mode (share of the mode's (class, attribute) targets found by at
+    least one flagged pair) and precision among the ``top`` flagged pairs (truth rows are
+    in the flagged table's order, best mean_z first)."""
+    targets = {m: set() for m in MODES}
+    for mc in classes:
+        for m, col, val in planted_attributes(mc):
+            targets[m].add((mc.name, val))
+    found = {m: set() for m in MODES}
+    by_name = {c.name: c for c in classes}
+    for r in truth.itertuples(index=False):
+        if r.mode:
+            vals = [v for m, col, v in planted_attributes(by_name[r[0]]) if m == r.mode]
+            for v in vals:
+                found[r.mode].add((r[0], v))
+    recall = {m: (len(found[m] & targets[m]) / len(targets[m]) if targets[m] else float("nan")) for m in MODES}
+    head = truth.head(top)
+    precision = float((head["mode"] != "").mean()) if len(head) else float("nan")
+    return {"recall": recall, "precision_at_%d" % top: precision, "n_flagged": int(len(truth)),
+            "all_modes_covered": bool(all(v > 0 for v in recall.values()))}
+
+
+__all__ = ["MODES", "FAILURE_TYPES", "MODE_TYPE", "planted_attributes", "suggest_type", "pair_truth", "score"]

@@ -1,0 +1,241 @@
+"""Failure mining (clipattr_utils.mining): streamed expected relevance, outsiders, Eq. 8
+z-scores and flagging on constructed data, and the sandbox ground-truth scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import clipattr_utils as ca
+from clipattr_utils import mining as mi
+from clipattr_utils.mining import ground_truth as gt
+from clipattr_utils.mining.relevance import dense_block
+
+
+def _random_sae(d_in, d_sae=64, k=6, seed=0):
+    torch.manual_seed(seed)
+    sae = ca.TopKSAE(d_in, d_sae, k=k)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3)
+    return sae.eval()
+
+
+def test_running_moments_match_brute_force_over_uneven_chunks():
+    rng = np.random.default_rng(0)
+    data = torch.as_tensor(rng.normal(3.0, 2.0, size=(203, 7)))
+    data[:, 2] = 0.0  # an inactive latent: mean 0, std 0
+    mom = mi.RunningMoments(7)
+    for a, b in [(0, 1), (1, 50), (50, 51), (51, 203)]:
+        mom.update(data[a:b])
+    assert mom.n == 203
+    torch.testing.assert_close(mom.mean, data.mean(0))
+    torch.testing.assert_close(mom.std(), data.std(0, unbiased=True))
+    assert float(mom.std()[2]) == 0.0
+
+
+def test_expected_relevance_streams_the_dense_mean_and_std(clip_tiny):
+    head = clip_tiny.head
+    sae = _random_sae(head.d_pre)
+    torch.manual_seed(1)
+    x = torch.randn(40, head.d_pre)
+    labels = np.array([0] * 17 + [1] * 23)
+    text = torch.randn(2, head.d_post)
+    exp = mi.expected_relevance(x, labels, sae, head, text, chunk_n=5, progress=False)
+    for c in (0, 1):
+        xc = x[torch.as_tensor(labels == c)]
+        attr = ca.act_grad(xc, sae, head, text[c:c + 1])
+        dense = dense_block(attr.indices, attr.values[:, 0], sae.d_sae).double()
+        torch.testing.assert_close(exp.mean[c], dense.mean(0), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(exp.std[c], dense.std(0), atol=1e-6, rtol=1e-5)
+        y = head.cosine(xc, text[c:c + 1])[:, 0].double().numpy()
+        assert exp.output_mean[c] == pytest.approx(y.mean(), abs=1e-6)
+        assert exp.output_std[c] == pytest.approx(y.std(ddof=1), abs=1e-6)
+        assert int(exp.count[c]) == len(xc)
+
+
+def test_outsiders_are_other_class_samples_above_mean_minus_k_std():
+    y = np.array([0.9, 0.1, 0.5, 0.6, 0.2, 0.95])
+    labels = np.array([0, 1, 1, 2, 2, 0])
+    rows = mi.outsiders(y, labels, 0, out_mean=0.7, out_std=0.1, out_k=1.5)
+    assert rows.tolist() == [3]  # 0.6 > 0.55; 0.5 is not; class-0 rows never count
+
+
+def test_zscores_and_std_guard():
+    mean = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)
+    std = torch.tensor([0.5, 0.0, 1.0], dtype=torch.float64)
+    sd = mi.guarded_std(std, std_floor=1.0, quantile=0.5)
+    assert float(sd[1]) == pytest.approx(0.75)  # the median of the non-zero stds
+    z = mi.zscores(torch.tensor([[2.0, 1.5]]), torch.tensor([[0, 1]]), mean, sd)
+    # stds below the floor are raised to it too (0.5 -> 0.75)
+    assert torch.allclose(z, torch.tensor([[1.0 / 0.75, 2.0]], dtype=torch.float64))
+    assert float(mi.guarded_std(std, std_floor=1.0, quantile=1.0)[2]) == 1.0
+    assert torch.isfinite(z).all()
+
+
+def test_flag_class_finds_the_planted_outlier_latent_and_not_the_clean_one():
+    rng = np.random.default_rng(0)
+    n = 60
+    rows = np.arange(n)
+    # latent 3: planted, z ~ 6 on 20 outsiders; latent 5: clean, z ~ N(0, 1) on all 60;
+    # latent 7: high z but only on 4 outsiders (below min_count).
+    z_rows = np.concatenate([rows[:20], rows, rows[:4]])
+    z_idx = np.concatenate([np.full(20, 3), np.full(n, 5), np.full(4, 7)])
+    z_val = np.concatenate([rng.normal(6, 0.5, 20), rng.normal(0, 1, n), np.full(4, 9.0)])
+    latents, counts, mean_z, dis = mi.flag_class(z_rows, z_idx, z_val, d_sae=10, z_thr=3.0, min_count=10)
+    assert latents.tolist() == [3]
+    assert counts.tolist() == [20] and mean_z[0] > 5
+    assert dis[3].tolist() == sorted(rows[:20][z_val[:20] > 3.0].tolist())
+    # Thresholds are parameters.
+    latents, *_ = mi.flag_class(z_rows, z_idx, z_val, d_sae=10, z_thr=3.0, min_count=3)
+    assert latents.tolist() == [3, 7]
+
+
+def test_mine_flags_an_unexpected_latent_and_matches_a_brute_force_z(clip_tiny):
+    """Class 0 references never use latent j*; outsiders of class 1 carry it strongly and
+    score high for class 0's prompt: j* is flagged for class 0, with the brute-force mean z."""
+    head = clip_tiny.head
+    d_sae = head.d_pre
+    torch.manual_seed(3)
+    # An SAE whose encoder recovers its code exactly: orthonormal decoder rows, W_enc = V^T.
+    q, _ = torch.linalg.qr(torch.randn(d_sae, d_sae))
+    sae = ca.TopKSAE(head.d_pre, d_sae, k=2)
+    with torch.no_grad():
+        sae.W_dec.copy_(q)
+        sae.W_enc.copy_(q.T)
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(torch.randn(d_sae))  # a baseline; the encoder subtracts it, so recovery stays exact
+    sae.eval()
+    text = torch.randn(2, head.d_post)
+    V, b = sae.W_dec.detach(), sae.b_dec.detach()
+    y_dir = head.cosine(b + 3 * V, text[:1])[:, 0]
+    order = torch.argsort(y_dir, descending=True).tolist()
+    j_star, others = order[0], order[1:]  # j*: the direction class 0's prompt likes most
+    gen = torch.Generator().manual_seed(4)
+
+    def make(pairs, n, scale=(1.0, 1.0)):
+        xs = []
+        for i in range(n):
+            js = pairs[i % len(pairs)]
+            a = torch.tensor(scale) * (1.0 + 0.2 * torch.rand(2, generator=gen))
+            xs.append((a[:, None] * V[list(js)]).sum(0) + b)
+        return torch.stack(xs)
+
+    x0 = make([(others[0], others[1]), (others[1], others[2])], 40)
+    x1 = make([(j_star, others[5])], 30, scale=(3.0, 1.0))
+    x = torch.cat([x0, x1])
+    labels = np.array([0] * 40 + [1] * 30)
+    ids = [f"s{i}" for i in range(len(x))]
+    exp = mi.expected_relevance(x, labels, sae, head, text, progress=False)
+    cfg = mi.MiningConfig(out_k=50.0, z_thr=3.0, min_count=10)  # every other-class sample is an outsider
+    res = mi.mine(x, labels, ids, sae, head, text, exp, ["zero", "one"], config=cfg, progress=False,
+                  label_table=pd.DataFrame({"latent": [j_star], "label": ["planted"]}))
+    fl = res.flagged
+    assert list(fl.columns[:5]) == ["class", "latent", "label", "n_samples", "mean_z"]
+    assert (np.diff(fl["mean_z"].to_numpy()) <= 0).all()
+    row = fl[(fl["class"] == "zero") & (fl["latent"] == j_star)]
+    assert len(row) == 1 and row["label"].iloc[0] == "planted"
+    # brute force: dense relevance of the outsiders, Eq. 8 with the guarded std
+    attr = ca.act_grad(x1, sae, head, text[:1])
+    dense = dense_block(attr.indices, attr.values[:, 0], d_sae).double()
+    active = (torch.zeros_like(dense).scatter_(1, attr.indices, 1.0) > 0)[:, j_star]
+    sd = mi.guarded_std(exp.std[0], cfg.std_floor, cfg.floor_quantile)
+    z = (dense[active, j_star] - exp.mean[0, j_star]) / sd[j_star]
+    assert row["mean_z"].iloc[0] == pytest.approx(float(z.mean()), rel=1e-5)
+    assert row["n_samples"].iloc[0] == int(active.sum())
+    got = set(res.samples[(res.samples["class"] == "zero") & (res.samples["latent"] == j_star)]["sample_id"])
+    want = {ids[40 + i] for i in np.flatnonzero(active.numpy())[(z > 3.0).numpy()]}
+    assert got == want
+    # the clean latents of class 0's own references are not flagged for class 0
+    assert not set(fl[fl["class"] == "zero"]["latent"]) & {others[0], others[1], others[2]}
+
+
+def test_sandbox_classes_split_the_polysemous_word_and_share_its_prompt():
+    classes = mi.sandbox_classes()
+    names = [c.name for c in classes]
+    assert "bat (animal)" in names and "bat (club)" in names and "bat" not in names
+    p = dict(zip(names, mi.prompts(classes)))
+    assert p["bat (animal)"] == p["bat (club)"] == "a photo of a bat"
+    pool, kwargs = mi.sandbox_mining_pool(400, seed=0)
+    att = pool.attributes
+    lab = mi.class_labels(att, classes)
+    assert (lab >= 0).all()
+    assert set(att.loc[lab == names.index("bat (club)"), "sprite"]) == {"bat_club"}
+    # backgrounds independent of the class: boats are not mostly on water
+    assert (att.loc[att.object == "boat", "background"] == "water").mean() < 0.5
+    assert (att.loc[att.object != "boat", "background"] == "water").mean() > 0.05
+    assert kwargs["recipe"]["compound_companion_rate"] == 0.0
+    from clipattr_utils.labeling.pool import rebuild_sandbox_pool
+    assert rebuild_sandbox_pool(kwargs).fingerprint() == pool.fingerprint()
+
+
+def test_ground_truth_scoring_on_a_constructed_table():
+    classes = mi.sandbox_classes()
+    att = pd.DataFrame({
+        "object": ["ball"] * 4 + ["bat"] * 4 + ["fire"] * 4,
+        "sprite": ["ball"] * 4 + ["bat_club"] * 4 + ["fire"] * 4,
+        "background": ["water"] * 3 + ["grass"] + ["plain"] * 4 + ["sand"] * 4,
+        "text": ["", "", "", "car"] + [""] * 8,
+    })
+    flagged = pd.DataFrame({"class": ["boat", "bat (animal)", "fire truck", "car"], "latent": [1, 2, 3, 4],
+                            "mean_z": [9.0, 8.0, 7.0, 6.0]})
+    samples = pd.DataFrame({"class": ["boat"] * 4 + ["bat (animal)"] * 4 + ["fire truck"] * 4 + ["car"] * 4,
+                            "latent": [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4,
+                            "row": list(range(12)) + [0, 1, 2, 3]})
+    truth = gt.pair_truth(flagged, samples, att, classes)
+    assert truth["mode"].tolist() == ["a_spurious", "c_polysemy", "d_compound", ""]
+    assert truth["suggested_type"].tolist()[:3] == ["spurious", "polysemy", "compound noun"]
+    s = gt.score(truth, classes, top=10)
+    assert s["recall"]["a_spurious"] == 1.0 and s["recall"]["c_polysemy"] == 0.5
+    assert s["recall"]["b_typography"] == 0.0 and s["precision_at_10"] == pytest.approx(0.75)
+
+
+def test_review_tags_round_trip_and_suggestions_are_not_applied(tmp_path):
+    from clipattr_utils.mining.review import ReviewView
+
+    flagged = pd.DataFrame({"class": ["boat", "bat (animal)"], "latent": [5, 9], "label": ["water", ""],
+                            "n_samples": [12, 11], "mean_z": [4.0, 3.5]})
+    samples = pd.DataFrame({"class": ["boat", "boat", "bat (animal)"], "latent": [5, 5, 9],
+                            "sample_id": ["a", "b", "c"], "row": [0, 1, 2]})
+    sugg = pd.DataFrame({"class": ["boat"], "latent": [5], "suggested_type": ["spurious"],
+                         "suggested_attribute": ["background=water"], "suggested_share": [0.9]})
+    view = ReviewView(flagged, samples, None, suggestions=sugg)
+    assert view.suggestion("boat", 5)[0] == "spurious"
+    assert view.card(0)["tag"] == ""  # shown, never applied
+    view.tag("boat", 5, "spurious", note="all on water")
+    view.tag("bat (animal)", 9, "polysemy")
+    with pytest.raises(ValueError):
+        view.tag("boat", 5, "bogus")
+    path = view.save(tmp_path / "tags.csv")
+    fresh = ReviewView(flagged, samples, None)
+    tags = fresh.load(path)
+    pd.testing.assert_frame_equal(tags, view.tags)
+    assert fresh.card(1)["tag"] == "polysemy" and fresh.card(0)["rows"] == [0, 1]
+    assert isinstance(fresh.show(interactive=False), pd.DataFrame)
+
+
+def test_auroc_and_table1_on_constructed_scores():
+    from clipattr_utils.mining import evaluate as ev
+
+    assert ev.auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert ev.auroc(np.array([1.0]), np.array([1.0])) == 0.5
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    failures = pd.DataFrame({"class": ["a"], "class_index": [0], "latent": [3], "failure_type": ["spurious"]})
+    samples = pd.DataFrame({"class": ["a", "a"], "latent": [3, 3], "row": [3, 4]})
+    s = np.zeros((6, 2))
+    s[:, 0] = [0.9, 0.8, 0.7, 0.85, 0.1, 0.0]
+    scores = {"short": s, "full": s + np.array([[0, 0]] * 3 + [[-1, 0]] * 3), "template": s, "both": s}
+    aucs = ev.failure_aucs(scores, labels, failures, samples)
+    short = aucs[aucs.variant == "short"].iloc[0]
+    assert short.spurious_auc == pytest.approx(ev.auroc(s[:3, 0], s[[3, 4], 0]))
+    assert short.valid_auc == pytest.approx(ev.auroc(s[:3, 0], s[3:, 0]))
+    t1 = ev.table1(aucs)
+    assert t1.loc[0, "Extended description"] == pytest.approx(1.0 - short.spurious_auc)
+    assert t1.loc[0, "Templating"] == 0.0
+
+    # no failure sets: empty tables with their columns, no errors
+    empty = ev.failure_aucs(scores, labels, failures.iloc[:0], samples)
+    assert ev.table1(empty).empty and ev.summary(empty).empty
+    assert ev.probe_vs_prompts(empty)["available"] is False

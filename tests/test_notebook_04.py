@@ -1,0 +1,98 @@
+"""Notebook 04 (failure mining) runs headless with small parameters; the top flagged pair's
+mean z-score is recomputed independently (autograd relevance, dense statistics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "04_failure_mining.ipynb"
+SANDBOX_WEIGHTS = ROOT / "data" / "sandbox" / "sandbox.safetensors"
+
+
+def test_notebook_is_committed_clean_with_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in nb.cells[0].metadata.get("tags", [])
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    for name in ('model_name = "sandbox"', "seed = 0", "cache_dir = None", "out_dir = None", "sae_dir = None",
+                 'device = "auto"'):
+        assert name in code[0].source
+
+
+def _autograd_relevance(x, sae, head, t):
+    """Dense (N, d_sae) R_j = a_j v_j . dy/dx by autograd (eps held constant)."""
+    x = x.clone().requires_grad_(True)
+    y = head.cosine(x, t[None])[:, 0]
+    (g,) = torch.autograd.grad(y.sum(), x)
+    with torch.no_grad():
+        idx, val = sae.encode(x.detach())
+        a = torch.zeros(len(x), sae.d_sae).scatter(1, idx, val)
+        return (a * (g @ sae.W_dec.T)).double(), y.detach().double()
+
+
+@pytest.mark.slow
+def test_notebook_04_runs_and_its_top_flag_is_reproduced(tmp_path):
+    if not SANDBOX_WEIGHTS.is_file():
+        pytest.skip(f"sandbox model weights {SANDBOX_WEIGHTS.relative_to(ROOT)} do not exist yet")
+    papermill = pytest.importorskip("papermill")
+    import clipattr_utils as ca
+    from clipattr_utils.labeling.pool import rebuild_sandbox_pool
+
+    torch.set_num_threads(1)
+    out = tmp_path / "out"
+    params = dict(n_pool=1500, n_probe=600, n_train=800, sae_d_sae=512, sae_k=16, sae_epochs=3, min_count=5,
+                  seed=3, cache_dir=str(tmp_path / "cache"), out_dir=str(out))
+    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "04.ipynb"), parameters=params, kernel_name="python3",
+                               cwd=str(ROOT), progress_bar=False)
+
+    flagged = pd.read_csv(out / "flagged.csv", keep_default_na=False)
+    samples = pd.read_csv(out / "flagged_samples.csv")
+    assert list(flagged.columns[:5]) == ["class", "latent", "label", "n_samples", "mean_z"]
+    assert list(samples.columns) == ["class", "latent", "sample_id"]
+    assert len(flagged) > 0 and (np.diff(flagged["mean_z"].to_numpy()) <= 0).all()
+    assert (flagged["mean_z"] > 3.0).all() and (flagged["n_samples"] >= 5).all()
+    truth = json.loads((out / "ground_truth.json").read_text())
+    assert set(truth["recall"]) == {"a_spurious", "b_typography", "c_polysemy", "d_compound"}
+    assert 0.0 <= truth["precision_at_10"] <= 1.0
+    t1 = pd.read_csv(out / "table1.csv")
+    assert {"failure_type", "Templating", "Extended description", "Both"} <= set(t1.columns)
+
+    # Independent recomputation of the top pair's mean z from pool.json and the saved SAE.
+    pool_json = json.loads((out / "pool.json").read_text())
+    pool = rebuild_sandbox_pool(pool_json["make_dataset"])
+    clip = ca.load_clip("sandbox")
+    head = clip.head
+    sae = ca.TopKSAE.load(out / "sae", d_in=head.d_pre).eval()
+    x = ca.extract(clip, pool, tmp_path / "cache", progress=False).read()
+    att = pool.attributes
+    names = [c["name"] for c in pool_json["classes"]]
+    top = flagged.iloc[0]
+    c, j = names.index(top["class"]), int(top["latent"])
+    cls = pool_json["classes"][c]
+    own = (att["object"] == cls["object"]).to_numpy()
+    if cls["sprite"] is not None:
+        own &= (att["sprite"] == cls["sprite"]).to_numpy()
+    ref = own & (att["text"] == "").to_numpy()
+    t = clip.encode_text([pool_json["prompt_template"].format(cls["short"])])[0]
+    R_ref, y_ref = _autograd_relevance(x[torch.as_tensor(ref)], sae, head, t)
+    mu, sd = R_ref.mean(0), R_ref.std(0)
+    floor = float(torch.quantile(sd[sd > 0], 0.5))
+    sd = sd.clamp_min(floor)
+    # other classes: everything that is not this class (the other bat sense included)
+    R_all, y_all = _autograd_relevance(x, sae, head, t)
+    outs = (~own) & (y_all.numpy() > float(y_ref.mean() - 1.5 * y_ref.std()))
+    active = outs & (R_all[:, j] != 0).numpy()
+    z = ((R_all[active, j] - mu[j]) / sd[j]).numpy()
+    assert int(active.sum()) == int(top["n_samples"])
+    assert float(z.mean()) == pytest.approx(float(top["mean_z"]), rel=1e-3)
+    ids = np.asarray(att["sample_id"])[np.flatnonzero(active)[z > 3.0]]
+    got = samples[(samples["class"] == top["class"]) & (samples["latent"] == j)]["sample_id"]
+    assert set(got) == set(ids)
