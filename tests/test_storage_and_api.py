@@ -111,3 +111,31 @@ def test_no_process_wording_in_user_facing_text():
              *(ROOT / "benchmarks").glob("*.py")]
     hits = [f"{p.relative_to(ROOT)}: {m.group(0)!r}" for p in files for m in [pattern.search(p.read_text())] if m]
     assert not hits, hits
+
+
+# What each notebook must declare besides the shared names (seed, device, cache_dir, out_dir).
+NOTEBOOK_PARAMETERS = {
+    "00_sandbox_world": ['model_name = "sandbox"', 'labeler_name = "sandbox-labeler"'],
+    "01_sae_training": ['model_name = "sandbox"', 'dataset = "sandbox"'],
+    "02_labeling": ['model_name = "sandbox"', 'labeler_name = "sandbox-labeler"', "sae_dir = None"],
+    "03_faithfulness": ['model_name = "sandbox"', "sae_dir = None"],
+    "04_failure_mining": ['model_name = "sandbox"', "sae_dir = None"],
+    "05_melanoma_case": ['model_name = "sandbox"', "isic_csv = None", "alpha = 0.5"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOK_PARAMETERS))
+def test_committed_notebook_is_clean_and_starts_with_its_parameters(name):
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "code" and "parameters" in first.metadata.get("tags", []), name
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{name}: commit without outputs"
+    shared = ["seed = 0", "out_dir = None"] + ([] if name.startswith("00") else ["cache_dir = None", 'device = "auto"'])
+    for text in shared + NOTEBOOK_PARAMETERS[name]:
+        assert text in first.source, f"{name}: parameters cell lacks {text!r}"
+
+
+def test_every_notebook_is_listed():
+    names = {p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert names == set(NOTEBOOK_PARAMETERS)
