@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .gallery import latent_grid
-from .labeling.table import _per_latent, hidden_concepts
+from .labeling.table import per_latent_values, hidden_concepts
 from .labeling.top import TopSamples
 
 STATIC_ENV = "CLIPATTR_STATIC"
@@ -121,7 +121,7 @@ class HiddenConceptsView:
         align_col = "expected_alignment" if "expected_alignment" in self.table else "alignment"
         tau_align = float(np.nanmedian(self.table[align_col])) if len(self.table) else 0.0
         if self.uses_relevance:
-            rel = _per_latent(self.relevance, self.table["latent"].to_numpy(), "relevance")
+            rel = per_latent_values(self.relevance, self.table["latent"].to_numpy(), "relevance")
             return (float(np.nanquantile(rel, 0.9)) if rel.size else 0.0), tau_align
         return 3.0, tau_align
 

@@ -94,7 +94,7 @@ def label_latents(top: TopSamples, component_emb: torch.Tensor | None, vocabular
     return frame
 
 
-def _per_latent(values: Any, latents: np.ndarray, what: str) -> np.ndarray:
+def per_latent_values(values: Any, latents: np.ndarray, what: str) -> np.ndarray:
     """A per-latent quantity (Series indexed by latent, or (d_sae,) array/tensor) at ``latents``."""
     if isinstance(values, pd.DataFrame):
         raise TypeError(f"{what}: pass a Series indexed by latent (or a (d_sae,) array), not a DataFrame")
@@ -130,7 +130,7 @@ def hidden_concepts(table: pd.DataFrame, *, relevance: Any = None, tau_rel: floa
     if relevance is not None:
         if tau_rel is None:
             raise ValueError("hidden_concepts: relevance given but tau_rel is None")
-        rel = _per_latent(relevance, latents, "relevance")
+        rel = per_latent_values(relevance, latents, "relevance")
         strong = rel >= float(tau_rel)
     else:
         rel = None
@@ -140,7 +140,7 @@ def hidden_concepts(table: pd.DataFrame, *, relevance: Any = None, tau_rel: floa
             if "expected_alignment" not in expected.columns:
                 raise ValueError("hidden_concepts: an `expected` frame needs an 'expected_alignment' column")
             expected = expected["expected_alignment"]
-        al = _per_latent(expected, latents, "expected")
+        al = per_latent_values(expected, latents, "expected")
     elif "expected_alignment" in table.columns:
         al = table["expected_alignment"].to_numpy(dtype=np.float64)
     else:

@@ -32,12 +32,12 @@ AUC_COLUMNS = ["class", "latent", "failure_type", "variant", "spurious_auc", "va
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(score(pos) > score(neg)) + 0.5 P(tie) (Mann-Whitney), NaN when a side is empty."""
+    from sklearn.metrics import roc_auc_score
+
     pos, neg = np.asarray(pos, float), np.asarray(neg, float)
     if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    allv = np.concatenate([pos, neg])
-    ranks = pd.Series(allv).rank(method="average").to_numpy()
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+        return float("nan")  # a failure set without distractors has no AUC; the tables skip it
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def prompt_embeddings(clip: Any, classes: Sequence[MiningClass]) -> dict[str, torch.Tensor]:
