@@ -166,7 +166,8 @@ def test_sandbox_classes_split_the_polysemous_word_and_share_its_prompt():
     # backgrounds independent of the class: boats are not mostly on water
     assert (att.loc[att.object == "boat", "background"] == "water").mean() < 0.5
     assert (att.loc[att.object != "boat", "background"] == "water").mean() > 0.05
-    assert kwargs["recipe"]["compound_companion_rate"] == 0.0
+    # the flame at one rate beside every class: independent of the class
+    assert kwargs["recipe"]["compound_companion_rate"] == kwargs["recipe"]["companion_other_rate"] > 0
     from clipattr_utils.labeling.pool import rebuild_sandbox_pool
     assert rebuild_sandbox_pool(kwargs).fingerprint() == pool.fingerprint()
 
@@ -239,3 +240,72 @@ def test_auroc_and_table1_on_constructed_scores():
     empty = ev.failure_aucs(scores, labels, failures.iloc[:0], samples)
     assert ev.table1(empty).empty and ev.summary(empty).empty
     assert ev.probe_vs_prompts(empty)["available"] is False
+
+
+def test_log_prob_confidence_counts_a_word_as_confident_where_the_cosine_does_not():
+    # Class 0's references sit at cosine 0.30 with the other prompts at 0.10. The "worded"
+    # outsider lowers every cosine, its own least: its cosine for class 0 (0.22) is far below
+    # the references, its zero-shot probability of class 0 is as high as theirs.
+    rng = np.random.default_rng(0)
+    refs = np.column_stack([0.30 + 0.005 * rng.standard_normal(20), np.full(20, 0.10), np.full(20, 0.10)])
+    worded = np.array([[0.22, 0.01, 0.01]])
+    cos = np.vstack([refs, worded])
+    labels = np.array([0] * 20 + [1])
+    lp = mi.confidence_scores(cos, "log_prob", logit_scale=50.0)
+    logits = 50.0 * cos
+    brute = logits - np.log(np.exp(logits).sum(1, keepdims=True))  # independent log-softmax
+    np.testing.assert_allclose(lp, brute, atol=1e-12)
+    np.testing.assert_array_equal(mi.confidence_scores(cos, "cosine"), cos)
+    for kind, found in (("cosine", []), ("log_prob", [20])):
+        y = mi.confidence_scores(cos, kind, logit_scale=50.0)
+        rows = mi.outsiders(y[:, 0], labels, 0, y[:20, 0].mean(), y[:20, 0].std(ddof=1))
+        assert rows.tolist() == found, kind
+    with pytest.raises(ValueError, match="confidence"):
+        mi.confidence_scores(cos, "softmax")
+
+
+def test_with_output_stats_recomputes_the_class_statistics_from_reference_rows():
+    exp = mi.ExpectedRelevance(mean=torch.zeros(2, 3), std=torch.ones(2, 3), count=np.array([3, 2]),
+                               output_mean=np.zeros(2), output_std=np.zeros(2), active=torch.zeros(2, 3))
+    scores = np.array([[1.0, 9.0], [2.0, 9.0], [4.0, 9.0], [9.0, 5.0], [9.0, 7.0], [100.0, 100.0]])
+    ref = np.array([0, 0, 0, 1, 1, -1])  # the last row is not a reference of any class
+    out = mi.with_output_stats(exp, scores, ref)
+    np.testing.assert_allclose(out.output_mean, [7 / 3, 6.0])
+    np.testing.assert_allclose(out.output_std, [np.std([1, 2, 4], ddof=1), np.std([5, 7], ddof=1)])
+    assert exp.output_mean.tolist() == [0.0, 0.0], "the input is not modified"
+    with pytest.raises(ValueError, match="scores"):
+        mi.with_output_stats(exp, scores[:4], ref)
+
+
+def test_mining_pool_puts_the_flame_beside_any_object_and_references_leave_it_out():
+    pool, kwargs = mi.sandbox_mining_pool(400, seed=4)
+    a = pool.attributes
+    burning = a["companion"] != ""
+    others = ~a["object"].isin(["fire", "fire truck"])
+    assert 0.35 < burning[others].mean() < 0.65, "the flame occurs beside other objects at its training rate"
+    assert not burning[a["object"] == "fire"].any(), "fire itself never gets a companion flame"
+    ref = mi.sandbox_reference_labels(a, mi.sandbox_classes())
+    assert (ref[burning.to_numpy()] == -1).all() and (ref[(a["text"] != "").to_numpy()] == -1).all()
+    assert (ref >= 0).sum() > 100
+    # the compound's truth: a flame beside a car shows fire
+    shows = gt.carries(a, "shows", "fire")
+    assert np.array_equal(shows, ((a["object"] == "fire") | burning).to_numpy())
+    with pytest.raises(ValueError, match="companion_rate"):
+        mi.sandbox_mining_pool(10, companion_rate=1.5)
+
+
+def test_default_worlds_keep_their_fingerprints_and_draws():
+    # companion_other_rate came later: off, it must not change a default world's draws or key.
+    from dataclasses import asdict
+
+    from clipattr_utils import sandbox as sb
+    from clipattr_utils.sandbox.world import ObjectRecipe
+
+    a = sb.make_dataset(50, "train", seed=3)
+    b = sb.make_dataset(50, "train", seed=3, recipe=ObjectRecipe(companion_other_rate=0.0))
+    assert a.fingerprint() == b.fingerprint()
+    assert "companion_other_rate" not in a.describe()
+    assert asdict(ObjectRecipe())["companion_other_rate"] == 0.0
+    c = sb.make_dataset(50, "train", seed=3, recipe=ObjectRecipe(companion_other_rate=0.5))
+    assert c.fingerprint() != a.fingerprint()
+    assert (c.attributes["companion"][~c.attributes["object"].isin(["fire", "fire truck"])] != "").any()

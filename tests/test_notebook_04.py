@@ -71,15 +71,21 @@ def test_notebook_04_runs_and_its_top_flag_is_reproduced(tmp_path):
     own = (att["object"] == cls["object"]).to_numpy()
     if cls["sprite"] is not None:
         own &= (att["sprite"] == cls["sprite"]).to_numpy()
-    ref = own & (att["text"] == "").to_numpy()
+    ref = own & (att["text"] == "").to_numpy() & (att["companion"] == "").to_numpy()
     t = clip.encode_text([pool_json["prompt_template"].format(cls["short"])])[0]
-    R_ref, y_ref = _autograd_relevance(x[torch.as_tensor(ref)], sae, head, t)
+    R_ref, _ = _autograd_relevance(x[torch.as_tensor(ref)], sae, head, t)
     mu, sd = R_ref.mean(0), R_ref.std(0)
     floor = float(torch.quantile(sd[sd > 0], 0.5))
     sd = sd.clamp_min(floor)
     # other classes: everything that is not this class (the other bat sense included)
-    R_all, y_all = _autograd_relevance(x, sae, head, t)
-    outs = (~own) & (y_all.numpy() > float(y_ref.mean() - 1.5 * y_ref.std()))
+    R_all, _ = _autograd_relevance(x, sae, head, t)
+    # The notebook's default confidence: the zero-shot log-probability among all class prompts.
+    prompts = [pool_json["prompt_template"].format(k["short"]) for k in pool_json["classes"]]
+    with torch.no_grad():
+        logits = (clip.model.logit_scale.exp() * head.cosine(x, clip.encode_text(prompts))).double().numpy()
+    m = logits.max(1, keepdims=True)
+    log_p = (logits - m - np.log(np.exp(logits - m).sum(1, keepdims=True)))[:, c]
+    outs = (~own) & (log_p > log_p[ref].mean() - 1.5 * log_p[ref].std(ddof=1))
     active = outs & (R_all[:, j] != 0).numpy()
     z = ((R_all[active, j] - mu[j]) / sd[j]).numpy()
     assert int(active.sum()) == int(top["n_samples"])

@@ -5,12 +5,12 @@ App. D.2 robustness evaluation and a review widget."""
 from . import evaluate, ground_truth, review
 from .classes import (MiningClass, class_labels, prompts, sandbox_classes, sandbox_mining_pool,
                       sandbox_reference_labels)
-from .outliers import (MiningConfig, MiningResult, distractor_rows, flag_class, guarded_std, mine, outsiders,
+from .outliers import (CONFIDENCES, MiningConfig, confidence_scores, with_output_stats, MiningResult, distractor_rows, flag_class, guarded_std, mine, outsiders,
                        save_result, zscores)
 from .relevance import ExpectedRelevance, RunningMoments, expected_relevance
 from .review import ReviewView
 
-__all__ = ["evaluate", "ground_truth", "review", "ReviewView", "save_result", "sandbox_reference_labels",
+__all__ = ["CONFIDENCES", "confidence_scores", "with_output_stats", "evaluate", "ground_truth", "review", "ReviewView", "save_result", "sandbox_reference_labels",
            "MiningClass", "class_labels", "prompts", "sandbox_classes", "sandbox_mining_pool", "MiningConfig",
            "MiningResult", "distractor_rows", "flag_class", "guarded_std", "mine", "outsiders", "zscores",
            "ExpectedRelevance", "RunningMoments", "expected_relevance"]

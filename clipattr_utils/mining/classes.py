@@ -6,9 +6,9 @@ with its own name ("bat (animal)", "bat (club)") but both are *probed with the s
 
 `sandbox_mining_pool` draws images in which every planted attribute occurs independently
 of the class: backgrounds uniform for every class (water included), words at the training
-rate naming other classes, the compound class at the same weight as the others. (The world
-draws the fire-truck flame companion only beside fire trucks, so it cannot be made
-class-independent; the pool turns it off. Fire trucks still meet the class "fire".)
+rate naming other classes, the compound class at the same weight as the others, and the
+fire-truck flame companion beside any object at the rate it has beside fire trucks in
+training (`COMPOUND_COMPANION_RATE`).
 """
 
 from __future__ import annotations
@@ -74,20 +74,25 @@ def prompts(classes: Sequence[MiningClass], template: str = "a photo of a {}") -
     return [template.format(c.short) for c in classes]
 
 
-def sandbox_mining_pool(n: int, seed: int = 0, *, split: str = "val") -> tuple[Any, dict]:
+def sandbox_mining_pool(n: int, seed: int = 0, *, split: str = "val", companion_rate: float | None = None
+                        ) -> tuple[Any, dict]:
     """(image set, the ``sandbox.make_dataset`` keyword arguments that rebuild it, as for
     ``pool.json``; rebuild with ``labeling.pool.rebuild_sandbox_pool``).
 
     Backgrounds uniform for every class (P(water | boat) = P(water | any) = 1/8); words at the
     training rate (`TEXT_RATE`, naming another class with `TEXT_OTHER_CLASS_SHARE`); the
-    compound class at weight 1; no flame companion (the world ties it to fire trucks)."""
+    compound class at weight 1; the flame companion beside every object (but fire itself) at
+    ``companion_rate`` (default: its training rate beside fire trucks)."""
     from ..sandbox import make_dataset
     from ..sandbox.render import BACKGROUNDS
-    from ..sandbox.world import ObjectRecipe
+    from ..sandbox.world import COMPOUND_COMPANION_RATE, ObjectRecipe
 
+    rate = COMPOUND_COMPANION_RATE if companion_rate is None else float(companion_rate)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"companion_rate must be in [0, 1], got {companion_rate}")
     uniform = 1.0 / len(BACKGROUNDS)
     recipe = ObjectRecipe(compound_class_weight=1.0, spurious_rate=uniform, spurious_background_other_rate=uniform,
-                          compound_companion_rate=0.0)
+                          compound_companion_rate=rate, companion_other_rate=rate)
     kwargs = {"n": int(n), "split": split, "seed": int(seed), "recipe": asdict(recipe)}
     return make_dataset(int(n), split, int(seed), recipe=recipe), kwargs
 
@@ -97,9 +102,13 @@ __all__ = ["MiningClass", "sandbox_classes", "class_labels", "prompts", "sandbox
 
 def sandbox_reference_labels(attributes: pd.DataFrame, classes: Sequence[MiningClass]) -> np.ndarray:
     """Class index of each pool image usable as a *reference* sample of its class (-1:
-    not a reference): the class's own images without a rendered word. A word naming another
-    class is a typographic attack on the image, not the class's appearance (the pool prints
-    one on 36 % of images; ImageNet's reference images rarely carry one), and leaving them in
-    widens the class's output spread until "high-confidence" admits nearly every image."""
+    not a reference): the class's own images without a rendered word or a companion object.
+    Both are put on images independently of the class, so they are not the class's
+    appearance: a word naming another class is a typographic attack (the pool prints one on
+    36 % of images; ImageNet's reference images rarely carry one), and leaving them in widens
+    the class's output spread until "high-confidence" admits nearly every image."""
     lab = class_labels(attributes, classes)
-    return np.where(attributes["text"].fillna("").to_numpy() == "", lab, -1)
+    plain = attributes["text"].fillna("").to_numpy() == ""
+    if "companion" in attributes:
+        plain &= attributes["companion"].fillna("").to_numpy() == ""
+    return np.where(plain, lab, -1)

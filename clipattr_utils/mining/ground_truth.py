@@ -2,7 +2,8 @@
 
 Planted modes (world.py): (a) spurious background ``boat`` / ``water``; (b) typography: a
 class Y in `TYPO_WORDS` / images with the word Y; (c) polysemy: one ``bat`` sense / the
-other sense's images; (d) compound noun: ``fire truck`` / images of ``fire``.
+other sense's images; (d) compound noun: ``fire truck`` / images showing ``fire`` (the
+object, or its flame drawn beside another object).
 A flagged pair counts as a found planted mode when more than `majority` of its distractors
 carry that class's planted attribute.
 """
@@ -22,8 +23,21 @@ MODE_TYPE = {"a_spurious": "spurious", "b_typography": "typography", "c_polysemy
              "d_compound": "compound noun"}
 
 
+def carries(attributes: pd.DataFrame, column: str, value: str) -> np.ndarray:
+    """Which rows carry ``column == value``. ``column="shows"`` asks whether the image shows the
+    object ``value`` anywhere: as its object or as the companion drawn beside it."""
+    if column != "shows":
+        return (attributes[column] == value).to_numpy()
+    from ..sandbox.render import CLASS_SPRITES
+
+    sprites = set(CLASS_SPRITES.get(value, ()))
+    companion = attributes["companion"].fillna("") if "companion" in attributes else pd.Series("", index=attributes.index)
+    return ((attributes["object"] == value) | companion.isin(sprites)).to_numpy()
+
+
 def planted_attributes(mc: MiningClass) -> list[tuple[str, str, str]]:
-    """(mode, column, value) of the planted attributes that fool class ``mc``'s prompt."""
+    """(mode, column, value) of the planted attributes that fool class ``mc``'s prompt
+    (column ``"shows"``: see `carries`)."""
     from ..sandbox.render import CLASS_SPRITES
     from ..sandbox.world import (COMPOUND_CLASS, COMPOUND_HEAD, POLYSEMOUS_WORD, SPURIOUS_BACKGROUND,
                                  SPURIOUS_CLASS, TYPO_WORDS)
@@ -36,7 +50,7 @@ def planted_attributes(mc: MiningClass) -> list[tuple[str, str, str]]:
     if mc.object == POLYSEMOUS_WORD and mc.sprite is not None:
         out += [("c_polysemy", "sprite", s) for s in CLASS_SPRITES[mc.object] if s != mc.sprite]
     if mc.object == COMPOUND_CLASS:
-        out.append(("d_compound", "object", COMPOUND_HEAD))
+        out.append(("d_compound", "shows", COMPOUND_HEAD))
     return out
 
 
@@ -60,7 +74,7 @@ def suggest_type(attributes: pd.DataFrame, rows: Sequence[int], mc: MiningClass,
             cands.append(("polysemy", "sprite", str(top.index[0]), float(same_word.mean())))
     words = mc.short.split()
     if len(words) > 1:
-        cands.append(("compound noun", "object", words[0], float((a["object"] == words[0]).mean())))
+        cands.append(("compound noun", "shows", words[0], float(carries(a, "shows", words[0]).mean())))
     bg = a["background"].value_counts(normalize=True)
     cands.append(("spurious", "background", str(bg.index[0]), float(bg.iloc[0])))
     best = max(cands, key=lambda c: c[3])
@@ -82,7 +96,7 @@ def pair_truth(flagged: pd.DataFrame, samples: pd.DataFrame, attributes: pd.Data
         a = attributes.iloc[d]
         mode, share = "", 0.0
         for m, col, val in planted_attributes(mc):
-            s = float((a[col] == val).mean()) if len(a) else 0.0
+            s = float(carries(a, col, val).mean()) if len(a) else 0.0
             if s > share:
                 mode, share = m, s
         hit = share > majority
@@ -116,4 +130,4 @@ def score(truth: pd.DataFrame, classes: Sequence[MiningClass], top: int = 10) ->
             "all_modes_covered": bool(all(v > 0 for v in recall.values()))}
 
 
-__all__ = ["MODES", "FAILURE_TYPES", "MODE_TYPE", "planted_attributes", "suggest_type", "pair_truth", "score"]
+__all__ = ["MODES", "FAILURE_TYPES", "MODE_TYPE", "carries", "planted_attributes", "suggest_type", "pair_truth", "score"]

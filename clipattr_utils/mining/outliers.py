@@ -39,6 +39,48 @@ class MiningConfig:
     chunk_n: int = 256
 
 
+CONFIDENCES = ("cosine", "log_prob")
+"""What "high model output" means for the outsider rule: ``"cosine"``, y(x, t_c) itself (App.
+D.1), or ``"log_prob"``, the zero-shot log-probability of class c among the probed classes."""
+
+
+def confidence_scores(cosine: torch.Tensor | np.ndarray, kind: str = "cosine", logit_scale: float = 100.0
+                      ) -> np.ndarray:
+    """(N, C) outputs the outsider rule thresholds, from the (N, C) cosines with the class prompts.
+
+    ``"log_prob"`` = log softmax_c(logit_scale * cos(x, t_c)): the confidence a zero-shot
+    classifier acts on. It differs from the cosine where an input moves every prompt's cosine
+    at once: a written word naming class c lowers an image's cosine with all object prompts
+    but lowers c's least, so P(c | x) jumps while cos(x, t_c) barely moves (sandbox: +0.74
+    vs +0.04). Relevance is still explained for the cosine with t_c (Eq. 29)."""
+    if kind not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {kind!r}")
+    y = torch.as_tensor(cosine).double()
+    if y.ndim != 2:
+        raise ValueError(f"cosine must be (N, C), got shape {tuple(y.shape)}")
+    if kind == "log_prob":
+        y = torch.log_softmax(float(logit_scale) * y, dim=1)
+    return y.cpu().numpy()
+
+
+def with_output_stats(expected: ExpectedRelevance, scores: np.ndarray, reference_labels: np.ndarray
+                      ) -> ExpectedRelevance:
+    """``expected`` with its class output mean/std recomputed from ``scores`` (N, C) over each
+    class's reference rows, for mining with outputs other than the cosine."""
+    from dataclasses import replace
+
+    scores, ref = np.asarray(scores, dtype=np.float64), np.asarray(reference_labels)
+    if scores.ndim != 2 or scores.shape[0] != len(ref):
+        raise ValueError(f"scores must be (N={len(ref)}, C), got {scores.shape}")
+    C = scores.shape[1]
+    mean, std = np.full(C, np.nan), np.full(C, np.nan)
+    for c in range(C):
+        v = scores[ref == c, c]
+        if len(v) >= 2:
+            mean[c], std[c] = v.mean(), v.std(ddof=1)
+    return replace(expected, output_mean=mean, output_std=std)
+
+
 def outsiders(y_c: np.ndarray, labels: np.ndarray, c: int, out_mean: float, out_std: float,
               out_k: float = 1.5) -> np.ndarray:
     """Rows not of class c whose output for c's prompt exceeds mean - out_k * std."""
@@ -83,17 +125,27 @@ def flag_class(z_rows: np.ndarray, z_idx: np.ndarray, z_val: np.ndarray, d_sae: 
 
 def mine(x: torch.Tensor, labels: np.ndarray, sample_ids: Sequence[str], sae: Any, head: Any, text: torch.Tensor,
          expected: ExpectedRelevance, classnames: Sequence[str], *, config: MiningConfig | None = None,
-         label_table: pd.DataFrame | None = None, progress: bool = True) -> MiningResult:
+         label_table: pd.DataFrame | None = None, scores: np.ndarray | None = None,
+         progress: bool = True) -> MiningResult:
     """Find flagged (class, latent) pairs and their distractor sets on the samples ``x``
     (labels: class index per row, -1 for none; ``text[c]`` the prompt of class c).
 
     ``label_table``: a labeling table with columns ``latent`` and ``label`` (e.g. from
-    ``ca.label_latents``) to name the flagged latents."""
+    ``ca.label_latents``) to name the flagged latents.
+    ``scores``: (N, C) outputs the outsider rule compares with ``expected.output_mean/std``
+    (default: the cosine with ``text``; `confidence_scores` gives the zero-shot
+    log-probability, and `with_output_stats` the matching class statistics). Relevance is
+    always that of the cosine with ``text[c]``."""
     cfg = config or MiningConfig()
     labels = np.asarray(labels)
     ids = np.asarray(list(sample_ids))
-    with torch.no_grad():
-        y = head.cosine(x, text).double().cpu().numpy()
+    if scores is None:
+        with torch.no_grad():
+            y = head.cosine(x, text).double().cpu().numpy()
+    else:
+        y = np.asarray(scores, dtype=np.float64)
+        if y.shape != (x.shape[0], text.shape[0]):
+            raise ValueError(f"scores must be (N={x.shape[0]}, C={text.shape[0]}), got {y.shape}")
     flag_rows, sample_rows, outs = [], [], {}
     for c in tqdm(range(text.shape[0]), desc="outsiders", disable=not progress):
         if expected.count[c] < 2:
@@ -137,7 +189,7 @@ def distractor_rows(result: MiningResult, cls: str, latent: int) -> np.ndarray:
     return s.loc[(s["class"] == cls) & (s["latent"] == int(latent)), "row"].to_numpy()
 
 
-__all__ = ["MiningConfig", "MiningResult", "outsiders", "guarded_std", "zscores", "flag_class", "mine",
+__all__ = ["CONFIDENCES", "confidence_scores", "with_output_stats", "MiningConfig", "MiningResult", "outsiders", "guarded_std", "zscores", "flag_class", "mine",
            "distractor_rows", "save_result", "FLAGGED_COLUMNS"]
 
 

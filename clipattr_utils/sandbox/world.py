@@ -115,6 +115,9 @@ class ObjectRecipe:
     text_other_class_share: float = TEXT_OTHER_CLASS_SHARE
     word_only_caption_rate: float = WORD_ONLY_CAPTION_RATE
     compound_companion_rate: float = COMPOUND_COMPANION_RATE
+    # The same flame beside any object other than the compound and its head word. Never in
+    # training (0): failure-mining pools set it so that fire occurs independently of the class.
+    companion_other_rate: float = 0.0
     watermark_rate: float = WATERMARK_RATE
     tint_rate: float = TINT_RATE
 
@@ -204,7 +207,14 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
         tint_s = float(tint)
     # The compound's companion: a small flame at the truck's upper right, the truck shrunk.
     companion, ccx, ccy, cscale = "", 0.0, 0.0, 0.0
-    if obj == COMPOUND_CLASS and rng.random() < recipe.compound_companion_rate:
+    if obj == COMPOUND_CLASS:
+        burning = rng.random() < recipe.compound_companion_rate
+    elif obj != COMPOUND_HEAD and recipe.companion_other_rate > 0:
+        # Drawn only when switched on, so the default worlds' random streams are unchanged.
+        burning = rng.random() < recipe.companion_other_rate
+    else:
+        burning = False
+    if burning:
         scale *= 0.8
         cscale = 0.13
         companion = CLASS_SPRITES[COMPOUND_HEAD][0]
@@ -253,6 +263,15 @@ def sample_lesion_record(rng: np.random.Generator, recipe: LesionRecipe, diagnos
     }
     rec["caption"] = cap.lesion_caption(rec, rng)
     return rec
+
+
+def _recipe_key(recipe: ObjectRecipe) -> dict:
+    """The recipe as stored and fingerprinted. ``companion_other_rate`` came later: left out
+    while 0 so every image set made before it keeps its fingerprint (and its feature caches)."""
+    d = asdict(recipe)
+    if d["companion_other_rate"] == 0:
+        del d["companion_other_rate"]
+    return d
 
 
 class SandboxImageSet(ImageSet):
@@ -415,7 +434,7 @@ def make_dataset(n: int, split: str = "train", seed: int = 0, *, clean: bool | N
     overrides = {k: v for k, v in dict(objects=objects if objects is None else list(objects),
                                        background=background, text=text, tint=tint, watermark=watermark,
                                        sprite=sprite).items() if v is not None}
-    meta = {"split": split, "seed": int(seed), "recipe": asdict(recipe), "overrides": overrides}
+    meta = {"split": split, "seed": int(seed), "recipe": _recipe_key(recipe), "overrides": overrides}
     return SandboxImageSet("objects", pd.DataFrame(rows), meta, size)
 
 
