@@ -58,3 +58,25 @@ __all__ = [
     "attribution", "data", "faithfulness", "features", "gallery", "head", "labeling", "melanoma", "mining", "models", "sae",
     "sandbox", "storage", "widgets",
 ]
+
+
+class _Package(type(features)):
+    """This package's module type: ``ca.extract`` stays the function `features.extract`.
+
+    ``python -m clipattr_utils.extract`` needs a submodule of that name, and importing a
+    submodule makes the import system bind it on its parent, which would shadow the flat API.
+    """
+
+    def __setattr__(self, name, value):
+        if name == "extract" and isinstance(value, type(features)):
+            return
+        super().__setattr__(name, value)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _Package
+
+from . import cli_extract, distributed  # noqa: E402  (torchrun: sharded extraction and passes)
+
+__all__ += ["cli_extract", "distributed"]

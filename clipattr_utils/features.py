@@ -18,6 +18,16 @@ Extraction writes into ``<name>.partial/`` and renames it when done, so a cache 
 ``.partial`` is always complete. Progress is committed per batch (rows flushed first, then an
 atomically replaced ``progress.json``), so a killed run resumes where it stopped and produces
 exactly the rows an uninterrupted run would: batch boundaries are fixed by the stored batch size.
+
+Sharded (``torchrun``; see README "Scaling out"): when ``torch.distributed`` is initialised, or
+``rank``/``world_size`` are given, the batches are split into ``world_size`` contiguous ranges.
+Rank r writes ``<name>.partial/shards/rank-<r>-of-<W>/`` (its rows + its own ``progress.json``,
+committed per batch as above; ``shards/layout.json`` fixes the ranges). Once every shard is
+complete, one process concatenates them and finishes the cache exactly as a single run would:
+same key, same folder name, byte-identical ``features.npy``, ``labels.npy`` and ``ids.json``.
+
+Test hook (documented because it kills the process): ``CLIPATTR_TEST_EXIT_AFTER_BATCHES="<rank>:<k>"``
+makes that rank ``os._exit(17)`` right after committing its k-th batch of the current run.
 """
 
 from __future__ import annotations
@@ -195,13 +205,14 @@ def _slug(text: str) -> str:
 
 
 class _Decoded(Dataset):
-    """(index, preprocessed tensor | None, error | None) per image; decoding runs in workers."""
+    """(index, preprocessed tensor | None, error | None) per image in [start, stop); decoding runs in workers."""
 
-    def __init__(self, image_set: ImageSet, preprocess, start: int):
+    def __init__(self, image_set: ImageSet, preprocess, start: int, stop: int | None = None):
         self.image_set, self.preprocess, self.start = image_set, preprocess, start
+        self.stop = len(image_set) if stop is None else stop
 
     def __len__(self) -> int:
-        return len(self.image_set) - self.start
+        return self.stop - self.start
 
     def __getitem__(self, j: int):
         i = self.start + j
@@ -251,7 +262,8 @@ def _default_workers(device: torch.device) -> int:
 
 def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = None, batch_size: int = 64, layer: int = -1,
             num_workers: int | None = None, strict: bool = False, progress: bool = True,
-            autocast: bool | None = None, what: str = "class_token") -> FeatureCache:
+            autocast: bool | None = None, what: str = "class_token", *, rank: int | None = None,
+            world_size: int | None = None) -> FeatureCache | None:
     """Class tokens (pre-``ln_post``) after block ``layer`` for every image; cached and resumable.
 
     With ``what="embedding"``: the model's final image embedding (``model.encode_image``),
@@ -270,8 +282,12 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
         strict: raise on the first undecodable image instead of skipping and listing it.
         autocast: mixed precision on CUDA (default True there; part of the key).
         what: ``"class_token"`` (default) or ``"embedding"`` (see above; part of the key).
+        rank, world_size: this process's shard (module docstring). Default: taken from an
+            initialised ``torch.distributed`` process group, else a single process. Not part of the key.
     Returns:
-        the `FeatureCache` (existing one when the key matches exactly).
+        the `FeatureCache` (existing one when the key matches exactly). Only with an explicit
+        ``rank``/``world_size`` and no process group: None while other shards are still missing
+        (the call that completes the last shard finishes the cache).
     """
     if what not in WHATS:
         raise ValueError(f"extract: what must be one of {WHATS}, got {what!r}")
@@ -299,15 +315,28 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     cache_dir = resolve_cache_dir(cache_dir)
     final, work = cache_dir / name, cache_dir / (name + ".partial")
 
+    rank, world_size, group = _shard_context(rank, world_size)
+    if group is not None:
+        _same_key_everywhere(key, group)
     if final.exists():
         cache = FeatureCache(final)
         if cache.meta.get("key_full") != json.loads(json.dumps(key_dict)):
             raise RuntimeError(f"Feature cache {final} has the same key hash but a different key; remove it")
         return cache
 
+    d = clip.model.visual.transformer.width if what == "class_token" else int(clip.d_post)
+    if num_workers is None:
+        num_workers = _default_workers(device)
+    run = _Run(clip, image_set, layer, what, d, strict, progress, use_amp, amp_dtype, num_workers, rank)
+    if world_size > 1:
+        return _extract_sharded(run, work, final, key, key_dict, batch_size, world_size, group)
+
     work.mkdir(parents=True, exist_ok=True)
     progress_path = work / "progress.json"
-    d = clip.model.visual.transformer.width if what == "class_token" else int(clip.d_post)
+    if (work / "shards").is_dir() and not progress_path.is_file():
+        layout = _read_json(work / "shards" / "layout.json") or {}
+        raise RuntimeError(f"{work} holds a sharded extraction (world_size={layout.get('world_size', '?')}); "
+                           f"finish it with that many processes (torchrun --nproc_per_node ...) or remove the folder")
     if progress_path.is_file():
         state = json.loads(progress_path.read_text())
         if state["key_full"] != json.loads(json.dumps(key_dict)):
@@ -322,40 +351,256 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
         state = {"key_full": key_dict, "batch_size": batch_size, "next_row": 0, "skipped": []}
         write_json_atomic(progress_path, state)
 
-    start = state["next_row"]
-    if num_workers is None:
-        num_workers = _default_workers(device)
-    loader = DataLoader(_Decoded(image_set, clip.preprocess, start), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+    _run_rows(run, features, 0, state["next_row"], n, batch_size, state, progress_path,
+              desc=f"features {clip.name} {where}")
+    del features
+    return _finalize(work, final, image_set, key, key_dict, state, clip, layer, d, what)
+
+
+class _Run:
+    """What every batch of one extraction needs, whichever rows a process owns."""
+
+    def __init__(self, clip, image_set, layer, what, d, strict, progress, use_amp, amp_dtype, num_workers, rank):
+        self.clip, self.image_set, self.layer, self.what, self.d = clip, image_set, layer, what, d
+        self.strict, self.progress, self.use_amp, self.amp_dtype = strict, progress, use_amp, amp_dtype
+        self.num_workers, self.rank = num_workers, rank
+
+
+def _exit_hook(rank: int) -> int | None:
+    spec = os.environ.get(EXIT_HOOK_ENV, "")
+    if not spec:
+        return None
+    who, _, k = spec.partition(":")
+    return int(k) if int(who) == rank else None
+
+
+def _run_rows(run: _Run, out: np.ndarray, base: int, start: int, stop: int, batch_size: int, state: dict,
+              progress_path: Path, desc: str) -> None:
+    """Fill ``out[i - base]`` for images [start, stop) batch by batch, committing progress after each.
+
+    Batches start at ``start``; callers keep ``start`` on the global batch grid (a multiple of
+    ``batch_size`` from the set's first row, or of a shard's first row), so every image meets
+    the same batch companions as in a single uninterrupted run.
+    """
+    clip, image_set, device = run.clip, run.image_set, run.clip.device
+    exit_after = _exit_hook(run.rank)
+    loader = DataLoader(_Decoded(image_set, clip.preprocess, start, stop), batch_size=batch_size, shuffle=False,
+                        num_workers=run.num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=start, unit="img", desc=f"features {clip.name} {where}", disable=not progress,
-               smoothing=0.1)
+    bar = tqdm(total=stop - base, initial=start - base, unit="img",
+               desc=desc, disable=not run.progress, smoothing=0.1)
     model = clip.model.eval()
-    hook = class_token_hook(model, layer) if what == "class_token" else contextlib.nullcontext({})
+    hook = class_token_hook(model, run.layer) if run.what == "class_token" else contextlib.nullcontext({})
     with hook as captured, torch.no_grad():
         for batch_no, (idx, images, bad) in enumerate(loader):
             if bad:
-                if strict:
+                if run.strict:
                     i, err = bad[0]
                     raise ValueError(f"extract(strict=True): cannot decode {image_set.sample_id(i)}: {err}")
                 state["skipped"] += [{"index": int(i), "id": image_set.sample_id(i), "error": e} for i, e in bad]
             if images is not None:
-                with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
-                    out = model.encode_image(images.to(device, non_blocking=True))
-                rows = captured["x"] if what == "class_token" else torch.nn.functional.normalize(out.float(), dim=-1)
-                if rows.shape[-1] != d:
-                    raise RuntimeError(f"extract: {clip.name} produced {what} rows of width {rows.shape[-1]}, "
-                                       f"expected {d}")
-                features[idx.numpy()] = rows.float().cpu().numpy()
-            stop = min(start + (batch_no + 1) * batch_size, n)
-            features.flush()  # rows reach the file before progress says they exist
-            state["next_row"] = stop
+                with torch.autocast("cuda", dtype=run.amp_dtype, enabled=run.use_amp):
+                    out_ = model.encode_image(images.to(device, non_blocking=True))
+                rows = captured["x"] if run.what == "class_token" else torch.nn.functional.normalize(out_.float(), dim=-1)
+                if rows.shape[-1] != run.d:
+                    raise RuntimeError(f"extract: {clip.name} produced {run.what} rows of width {rows.shape[-1]}, "
+                                       f"expected {run.d}")
+                out[idx.numpy() - base] = rows.float().cpu().numpy()
+            row = min(start + (batch_no + 1) * batch_size, stop)
+            out.flush()  # rows reach the file before progress says they exist
+            state["next_row"] = row
             write_json_atomic(progress_path, state)
-            bar.update(stop - bar.n)
+            bar.update(row - base - bar.n)
+            if exit_after is not None and batch_no + 1 >= exit_after:
+                os._exit(17)  # the test hook: die like a killed rank, no cleanup
     bar.close()
-    del features
-    return _finalize(work, final, image_set, key, key_dict, state, clip, layer, d, what)
+
+
+# --------------------------------------------------------------------------------------------
+# sharded extraction (torchrun)
+
+EXIT_HOOK_ENV = "CLIPATTR_TEST_EXIT_AFTER_BATCHES"
+BARRIER_TIMEOUT_H = 48
+"""Ranks whose shards are done wait for the slowest one (after a resume: possibly hours), so the
+barriers run on a gloo group with this timeout instead of the default group's (NCCL: 10 min)."""
+_BARRIER: list = [None, None]  # [the default process group it was made for, the gloo group]
+
+
+def _shard_context(rank: int | None, world_size: int | None) -> tuple[int, int, object | None]:
+    """(rank, world_size, barrier group or None) from the arguments or torch.distributed."""
+    import torch.distributed as dist
+
+    live = dist.is_available() and dist.is_initialized()
+    if rank is None and world_size is None:
+        if not live:
+            return 0, 1, None
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    elif rank is None or world_size is None:
+        raise ValueError(f"extract: give both rank and world_size or neither (got rank={rank}, world_size={world_size})")
+    rank, world_size = int(rank), int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"extract: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if live and (rank, world_size) != (dist.get_rank(), dist.get_world_size()):
+        raise ValueError(f"extract: rank={rank}, world_size={world_size} contradict the initialised process group "
+                         f"(rank {dist.get_rank()} of {dist.get_world_size()})")
+    if not live or world_size == 1:
+        return rank, world_size, None
+    if _BARRIER[0] is not dist.group.WORLD:  # identity, not id(): a re-initialised group may reuse an id
+        from datetime import timedelta
+
+        _BARRIER[:] = [dist.group.WORLD, dist.new_group(backend="gloo", timeout=timedelta(hours=BARRIER_TIMEOUT_H))]
+    return rank, world_size, _BARRIER[1]
+
+
+def _same_key_everywhere(key: str, group) -> None:
+    """Ranks that disagree on the key would each wait for shards of a cache nobody else writes."""
+    import torch.distributed as dist
+
+    keys: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(keys, key, group=group)
+    if len(set(keys)) > 1:
+        raise RuntimeError(f"extract: the ranks computed different cache keys ({', '.join(map(str, keys))}): the "
+                           "model weights, preprocessing or image set differ between them (random-init weights: "
+                           "seed torch before building the model in every rank)")
+
+
+def _barrier(group) -> None:
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.barrier(group=group)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def shard_layout(n: int, batch_size: int, world_size: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) per rank: contiguous runs of whole batches, as even as batches allow."""
+    n_batches = -(-n // batch_size)
+    cuts = [n_batches * r // world_size for r in range(world_size + 1)]
+    return [(min(cuts[r] * batch_size, n), min(cuts[r + 1] * batch_size, n)) for r in range(world_size)]
+
+
+def _extract_sharded(run: _Run, work: Path, final: Path, key: str, key_dict: dict, batch_size: int,
+                     world_size: int, group) -> FeatureCache | None:
+    rank, n = run.rank, len(run.image_set)
+    key_json = json.loads(json.dumps(key_dict))
+    shards, root_progress = work / "shards", work / "progress.json"
+    assembled = _read_json(root_progress)
+    if assembled is not None and not assembled.get("assembled"):
+        raise RuntimeError(f"{work} holds a single-process extraction (row {assembled.get('next_row')} of {n}); "
+                           "finish it with one process or remove the folder")
+    shards.mkdir(parents=True, exist_ok=True)
+    layout = _read_json(shards / "layout.json")
+    if layout is not None:
+        if layout["key_full"] != key_json:
+            raise RuntimeError(f"{shards / 'layout.json'} belongs to another extraction key; remove {work}")
+        if layout["world_size"] != world_size:
+            raise RuntimeError(f"{work} was started with world_size={layout['world_size']}, this launch has "
+                               f"{world_size}; relaunch with {layout['world_size']} processes or remove the folder")
+        if layout["batch_size"] != batch_size:
+            warnings.warn(f"Resuming {work.name} with its original batch_size={layout['batch_size']} "
+                          f"(asked {batch_size}) so rows match an uninterrupted run")
+            batch_size = layout["batch_size"]
+    else:
+        layout = {"key_full": key_dict, "n": n, "batch_size": batch_size, "world_size": world_size,
+                  "ranges": shard_layout(n, batch_size, world_size)}
+        if rank == 0 or group is None:  # without a group every rank writes the same file
+            write_json_atomic(shards / "layout.json", layout)
+    _barrier(group)
+
+    if assembled is None:
+        _extract_shard(run, shards, layout, rank, key_dict)
+    _barrier(group)
+    if group is not None:
+        if rank == 0:
+            _finish_shards(run, work, final, key, key_dict, layout)
+        _barrier(group)
+        return FeatureCache(final)
+    # No process group: whoever sees every shard complete finishes, one at a time.
+    if not all(_shard_done(shards, layout, r) for r in range(world_size)) and not root_progress.is_file():
+        return None
+    lock = final.with_name(final.name + ".finishing")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if final.exists():
+            return FeatureCache(final)
+        warnings.warn(f"another process is finishing {work.name} (lock {lock}); if none is, remove the lock")
+        return None
+    try:
+        os.close(fd)
+        if final.exists():
+            return FeatureCache(final)
+        return _finish_shards(run, work, final, key, key_dict, layout)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _shard_dir(shards: Path, layout: dict, r: int) -> Path:
+    return shards / f"rank-{r:05d}-of-{layout['world_size']:05d}"
+
+
+def _shard_done(shards: Path, layout: dict, r: int) -> bool:
+    state = _read_json(_shard_dir(shards, layout, r) / "progress.json")
+    return state is not None and state["next_row"] >= layout["ranges"][r][1]
+
+
+def _extract_shard(run: _Run, shards: Path, layout: dict, rank: int, key_dict: dict) -> None:
+    start, stop = layout["ranges"][rank]
+    folder = _shard_dir(shards, layout, rank)
+    folder.mkdir(parents=True, exist_ok=True)
+    progress_path = folder / "progress.json"
+    state = _read_json(progress_path)
+    if state is None:
+        state = {"key_full": key_dict, "batch_size": layout["batch_size"], "start": start, "stop": stop,
+                 "next_row": start, "skipped": []}
+        if stop > start:  # numpy cannot map an empty file: an empty shard has no rows file
+            np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float32,
+                                      shape=(stop - start, run.d)).flush()
+        write_json_atomic(progress_path, state)
+    elif state["next_row"] < stop and run.progress:
+        import sys
+
+        print(f"extract: rank {rank} resumes its shard at row {state['next_row']} of [{start}, {stop})",
+              file=sys.stderr, flush=True)
+    if state["next_row"] >= stop:
+        return
+    out = np.load(folder / "features.npy", mmap_mode="r+")
+    _run_rows(run, out, start, state["next_row"], stop, layout["batch_size"], state, progress_path,
+              desc=f"features {run.clip.name} rank {rank}/{layout['world_size']}")
+    del out
+
+
+def _finish_shards(run: _Run, work: Path, final: Path, key: str, key_dict: dict, layout: dict) -> FeatureCache:
+    """Concatenate the shards into ``work/features.npy``, then finish like a single run."""
+    shards, n, d = work / "shards", layout["n"], run.d
+    state = _read_json(work / "progress.json")
+    if state is None:
+        tmp = work / "features.assembling.npy"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+        skipped: list = []
+        for r, (start, stop) in enumerate(layout["ranges"]):
+            folder = _shard_dir(shards, layout, r)
+            shard_state = _read_json(folder / "progress.json")
+            if shard_state is None or shard_state["next_row"] < stop:
+                raise RuntimeError(f"extract: shard {folder} is not complete; relaunch every rank to finish it")
+            skipped += shard_state["skipped"]
+            if stop > start:
+                src = np.load(folder / "features.npy", mmap_mode="r")
+                for s in range(0, stop - start, 65536):
+                    out[start + s:start + min(s + 65536, stop - start)] = src[s:s + 65536]
+                del src
+        out.flush()
+        del out
+        os.replace(tmp, work / "features.npy")
+        # Written after the rows and before the shards go, so a crash here resumes at _finalize.
+        state = {"key_full": key_dict, "batch_size": layout["batch_size"], "next_row": n, "skipped": skipped,
+                 "world_size": layout["world_size"], "assembled": True}
+        write_json_atomic(work / "progress.json", state)
+    return _finalize(work, final, run.image_set, key, key_dict, state, run.clip, run.layer, d, run.what)
 
 
 def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: dict, state: dict, clip,
@@ -387,6 +632,7 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True,
     }
     write_json_atomic(work / "meta.json", meta)
+    shutil.rmtree(work / "shards", ignore_errors=True)  # a sharded run's pieces, now in features.npy
     (work / "progress.json").unlink()
     os.replace(work, final)
     return FeatureCache(final)
