@@ -1,11 +1,15 @@
-"""The series runner executes notebooks in order with only the parameters each declares."""
+"""The series runner: YAML presets checked against the notebooks before anything runs, declared
+parameters only, failures reported with their cell while independent notebooks go on."""
 
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
 
 from clipattr_utils import series
+
+PRESETS = ("sandbox-fast", "sandbox", "imagenet-vitb32", "imagenet-vitl14", "isic")
 
 
 def _notebook(path, params_src, body_src):
@@ -13,26 +17,144 @@ def _notebook(path, params_src, body_src):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell(params_src)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body_src)]
+    body = body_src if isinstance(body_src, list) else [body_src]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(b) for b in body)]
     nbformat.write(nb, str(path))
 
 
-def test_run_series_passes_declared_parameters(tmp_path, monkeypatch):
+def _preset(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+SEEN = ("import json, pathlib\npathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)\n"
+        "pathlib.Path(out_dir, 'seen.json').write_text(json.dumps({k: v for k, v in globals().items() "
+        "if k in ('out_dir', 'n_per_class', 'epochs', 'cache_dir', 'sae_dir', 'lr', 'data_root')}))")
+SAVE_SAE = ("import pathlib\npathlib.Path(out_dir, 'sae').mkdir(parents=True, exist_ok=True)\n"
+            "pathlib.Path(out_dir, 'sae', 'cfg.json').write_text('{}')")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_shipped_presets_fit_the_notebooks(name):
+    preset = series.load_preset(name)
+    notebooks = series.select_notebooks(preset, series.NOTEBOOKS, None)
+    planned = series.plan(preset, notebooks)  # raises PresetError on any unknown or mistyped value
+    assert planned and all(p.name[:2] in (preset.notebooks or [p.name[:2]]) for p in planned)
+    text = preset.source.read_text()
+    assert text.lstrip().startswith("#") and text.count("#") >= 5, "presets are commented"
+
+
+def test_sandbox_presets_skip_the_melanoma_diagnosis():
+    # The diagnosis took ~8 of 14.5 minutes: make demo must stay under 10 minutes on 2 cores.
+    for name in ("sandbox", "sandbox-fast"):
+        assert series.load_preset(name).sections["05"]["investigate"] is False
+
+
+def test_run_series_passes_declared_parameters(tmp_path):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    body = ("import json, pathlib\npathlib.Path(out_dir, 'sae').mkdir(parents=True, exist_ok=True)\n"
-            "pathlib.Path(out_dir, 'sae', 'cfg.json').write_text('{}')\n"
-            "pathlib.Path(out_dir, 'seen.json').write_text(json.dumps({k: v for k, v in globals().items() "
-            "if k in ('out_dir', 'n_per_class', 'epochs', 'cache_dir', 'sae_dir')}))")
-    _notebook(nbs / "00_a.ipynb", "out_dir = 'x'\nn_per_class = 99", body)
-    _notebook(nbs / "01_b.ipynb", "out_dir = 'y'\nepochs = 99\ncache_dir = 'c'\nsae_dir = None", body)
-    monkeypatch.setitem(series.PRESETS, "probe", {"00": {"n_per_class": 2, "epochs": 5}, "01": {"epochs": 3}})
-    out = series.run_series("probe", out=tmp_path / "run", notebooks_dir=nbs, cache_dir=tmp_path / "cache")
-    a = json.loads((out / "00_a" / "seen.json").read_text())
-    b = json.loads((out / "01_b" / "seen.json").read_text())
-    assert a == {"out_dir": str((out / "00_a").resolve()), "n_per_class": 2}  # 'epochs' not declared there
-    assert b["epochs"] == 3 and b["cache_dir"] == str((tmp_path / "cache").resolve())
-    assert b["sae_dir"] == str((out / "00_a" / "sae").resolve()), "a later notebook reuses the SAE an earlier one saved"
-    assert (out / "00_a.ipynb").is_file() and (out / "01_b.ipynb").is_file()
-    with pytest.raises(ValueError, match="Unknown preset"):
-        series.run_series("nope", out=tmp_path / "r2", notebooks_dir=nbs)
+    _notebook(nbs / "00_a.ipynb", "out_dir = 'x'\nn_per_class = 99", SEEN)
+    _notebook(nbs / "01_b.ipynb", "out_dir = 'y'\nepochs = 99\nlr = 0.5\ncache_dir = 'c'\nsae_dir = None",
+              [SEEN, SAVE_SAE])
+    _notebook(nbs / "02_c.ipynb", "out_dir = 'y'\nsae_dir = None\ndata_root = None  # a folder", SEEN)
+    preset = _preset(tmp_path / "probe.yaml", "# probe\nepochs: 4\n'00': {n_per_class: 2}\n"
+                                              "'01': {epochs: 3, lr: 1}\n'02': {data_root: data/x}\n")
+    out = series.run_series(preset, out=tmp_path / "run", notebooks_dir=nbs, cache_dir=tmp_path / "cache",
+                            report=False)
+    a, b, c = (json.loads((out / n / "seen.json").read_text()) for n in ("00_a", "01_b", "02_c"))
+    assert a == {"out_dir": str((out / "00_a").resolve()), "n_per_class": 2}  # shared 'epochs' not declared there
+    assert b["epochs"] == 3 and b["lr"] == 1 and b["cache_dir"] == str((tmp_path / "cache").resolve())
+    assert b["sae_dir"] is None, "01 runs before any SAE exists"
+    assert c["sae_dir"] == str((out / "01_b" / "sae").resolve()), "a later notebook reuses the SAE 01 saved"
+    assert c["data_root"] == str(series.REPO / "data" / "x"), "relative data paths are from the repository root"
+    for stem in ("00_a", "01_b", "02_c"):
+        assert (out / f"{stem}.ipynb").is_file() and "<html" in (out / f"{stem}.html").read_text()[:2000].lower()
+    assert [r.status for r in series.run_status(out)] == ["ok", "ok", "ok"] and not series.run_failed(out)
+
+
+@pytest.mark.parametrize("section, fragment", [
+    ("'00': {n_per_klass: 2}", "'n_per_klass' is not declared by notebook 00_a.ipynb"),
+    ("'00': {n_per_class: ten}", "'n_per_class' of notebook 00_a.ipynb: str 'ten'"),
+    ("'00': {n_per_class: 2.5}", "'n_per_class' of notebook 00_a.ipynb: float 2.5"),
+    ("'00': {rate: 1e-3}", "write 1.0e-3"),
+    ("'00': {rate: null}", "'rate' of notebook 00_a.ipynb: None"),
+    ("'00': {flag: 1}", "'flag' of notebook 00_a.ipynb: int 1"),
+    ("'07': {n_per_class: 2}", "section \"07\": no notebook 07_*.ipynb"),
+    ("bogus: 1", "shared parameter 'bogus': declared by none of 00_a.ipynb"),
+    ("'00': {out_dir: elsewhere}", "'out_dir' of 00_a.ipynb: set by the series itself"),
+])
+def test_preset_errors_name_parameter_and_notebook_before_any_cell(tmp_path, section, fragment):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    marker = tmp_path / "ran"
+    _notebook(nbs / "00_a.ipynb", "out_dir = None\nn_per_class = 99\nrate = 0.1\nflag = True\nanything = None",
+              f"open({str(marker)!r}, 'w').write('ran')")
+    preset = _preset(tmp_path / "bad.yaml", section + "\n")
+    with pytest.raises(series.PresetError) as err:
+        series.run_series(preset, out=tmp_path / "run", notebooks_dir=nbs, report=False)
+    assert fragment in str(err.value)
+    assert not marker.exists() and not (tmp_path / "run").exists(), "nothing may run before the check"
+
+
+def test_types_that_fit(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_a.ipynb", "rate = 0.1\nanything = None\nalphas = [0.0, 1.0]\nname = 'x'\n"
+                                  "tint = 0.35   # None: skip", "pass")
+    preset = series.load_preset(_preset(tmp_path / "ok.yaml", "'00': {rate: 2, anything: [1, 2], alphas: [1, 2], "
+                                                               "name: y, tint: null}\n"))
+    planned = series.plan(preset, [nbs / "00_a.ipynb"])
+    assert planned[nbs / "00_a.ipynb"] == {"rate": 2, "anything": [1, 2], "alphas": [1, 2], "name": "y", "tint": None}
+
+
+def test_failing_notebook_is_reported_and_independent_ones_run(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_a.ipynb", "out_dir = None", SEEN)
+    _notebook(nbs / "01_b.ipynb", "out_dir = None", [SEEN, "x = 1", "raise ValueError('planted failure 42')"])
+    _notebook(nbs / "02_c.ipynb", "out_dir = None\nsae_dir = None", SEEN)  # needs 01: skipped
+    _notebook(nbs / "05_d.ipynb", "out_dir = None", SEEN)  # independent: runs
+    preset = _preset(tmp_path / "p.yaml", "# all\n")
+    code = series.main(["--preset", str(preset), "--out", str(tmp_path / "run"), "--notebooks", str(nbs)])
+    assert code == 1
+    out = tmp_path / "run"
+    status = {r.number: r for r in series.run_status(out)}
+    assert status["00"].status == "ok" and status["05"].status == "ok"
+    assert (out / "05_d" / "seen.json").is_file() and not (out / "02_c" / "seen.json").exists()
+    failed = status["01"]
+    # cells: parameters, injected parameters, SEEN, x = 1, raise -> the 5th cell, third execution
+    assert (failed.status, failed.cell, failed.execution_count) == ("failed", 5, 5)
+    assert failed.error == "ValueError: planted failure 42"
+    assert status["02"].status == "skipped" and "01" in status["02"].error
+    index = (out / "index.html").read_text()
+    assert "failed at cell 5" in index and "ValueError: planted failure 42" in index and "skipped" in index
+    err = capsys.readouterr().err
+    assert "01_b FAILED at cell 5" in err and "planted failure 42" in err
+
+
+def test_cli_arguments(tmp_path):
+    assert series.parse_only(["02,04"]) == series.parse_only(["02", "04"]) == series.parse_only("2, 4") == ["02", "04"]
+    with pytest.raises(series.PresetError, match="not a notebook number"):
+        series.parse_only(["02,x"])
+    with pytest.raises(series.PresetError, match="Unknown preset 'nope'"):
+        series.load_preset("nope")
+    assert series.main(["--preset", "nope"]) == 2
+    preset = series.load_preset("imagenet-vitb32")
+    with pytest.raises(series.PresetError, match="--only 05: not among"):
+        series.select_notebooks(preset, series.NOTEBOOKS, ["05"])
+    assert [p.name[:2] for p in series.select_notebooks(preset, series.NOTEBOOKS, ["01,03"])] == ["01", "03"]
+
+
+def test_only_runs_a_subset_with_the_whole_preset_checked(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_a.ipynb", "out_dir = None\nn_per_class = 99", SEEN)
+    _notebook(nbs / "01_b.ipynb", "out_dir = None\nepochs = 99", SEEN)
+    # 'epochs' is shared but only 01 declares it; 01's section stays valid while --only 00 runs.
+    preset = _preset(tmp_path / "p.yaml", "epochs: 2\n'00': {n_per_class: 3}\n'01': {epochs: 4}\n")
+    out = series.run_series(preset, out=tmp_path / "run", only=["00"], notebooks_dir=nbs, report=False)
+    assert json.loads((out / "00_a" / "seen.json").read_text())["n_per_class"] == 3
+    assert not (out / "01_b.ipynb").exists()
+    bad = _preset(tmp_path / "bad.yaml", "'01': {epoks: 4}\n")
+    with pytest.raises(series.PresetError, match="'epoks' is not declared by notebook 01_b.ipynb"):
+        series.run_series(bad, out=tmp_path / "run2", only=["00"], notebooks_dir=nbs, report=False)

@@ -10,6 +10,9 @@
 * ``pool.json``: how to rebuild the image set the rows index (for the sandbox the
   ``sandbox.make_dataset`` keyword arguments);
 * ``vocabulary.csv``: ``label, attribute, value``;
+* ``top_labels.csv``: ``latent, rank, label, score`` — the ``top_m`` best labels of each latent
+  (when the table has `label_latents`' ``top_labels`` column);
+* ``class_relevance.csv``: mean relevance of each latent (columns) for each class (rows), when given;
 * ``diversity.json``: unique-label counts per basis (when given);
 * ``ground_truth.json``: the sandbox scores (when given).
 """
@@ -56,7 +59,8 @@ def top_samples_frame(top: TopSamples, latents: Any, n_used: int = 20) -> pd.Dat
 
 def write_outputs(out_dir: str | os.PathLike, *, table: pd.DataFrame, top: TopSamples, vocabulary: Vocabulary,
                   pool: dict, hidden: pd.DataFrame | None = None, n_used: int = 20,
-                  diversity: pd.DataFrame | None = None, ground_truth: dict | None = None) -> dict[str, Path]:
+                  diversity: pd.DataFrame | None = None, ground_truth: dict | None = None,
+                  class_relevance: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write the labeling results into ``out_dir`` (module docstring); returns name -> path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +73,13 @@ def write_outputs(out_dir: str | os.PathLike, *, table: pd.DataFrame, top: TopSa
         "vocabulary": write_text_atomic(out / "vocabulary.csv",
                                         _csv(vocabulary.frame[["label", "attribute", "value"]])),
     }
+    if "top_labels" in table.columns:  # read by the latent atlas (clipattr_utils.atlas)
+        rows = [(int(j), r, str(lab), float(sc)) for j, labs in zip(table["latent"], table["top_labels"])
+                for r, (lab, sc) in enumerate(labs)]
+        paths["top_labels"] = write_text_atomic(out / "top_labels.csv", _csv(pd.DataFrame(
+            rows, columns=["latent", "rank", "label", "score"])))
+    if class_relevance is not None:
+        paths["class_relevance"] = write_text_atomic(out / "class_relevance.csv", class_relevance.to_csv())
     if diversity is not None:
         paths["diversity"] = write_json_atomic(out / "diversity.json",
                                                {"bases": diversity.to_dict(orient="records")}, indent=2)
