@@ -339,3 +339,99 @@ def test_red_hue_examples_figure_shows_each_class_as_rendered_and_reddened():
     shown = axes[1, 0].get_images()[0].get_array()
     expect = np.asarray(red_hue(pool.load_image(0), -1.0))
     np.testing.assert_array_equal(np.asarray(shown), expect)
+
+
+# ------------------------------------------ robust_val: Eq. 33's latent and alpha on validation
+
+
+def test_red_candidates_keeps_the_red_latents_among_the_most_relevant():
+    """Latents 9 and 4 fire on the red images, 5 on the grey ones, 2 on everything: with the
+    four most relevant benign latents, the red latent (9) comes first, then 4; 5 (grey) and
+    2 (mixed) are not red enough. With three candidates, 4 (rank 4) is out."""
+    n = 30
+    red = np.arange(n) % 3 == 0
+    imgs = [np.full((8, 8, 3), (200, 60, 70) if r else (120, 120, 120), np.uint8) for r in red]
+    pool = TensorImageSet(imgs, labels=[0] * n)
+    rng = np.random.default_rng(1)
+    acts = {9: np.where(red, rng.uniform(2, 3, n), rng.uniform(0, 0.5, n)),
+            5: np.where(red, 0.1, rng.uniform(1, 4, n)),
+            2: rng.uniform(0.5, 1, n),
+            4: np.where(red, rng.uniform(1, 2, n), 0.05)}
+    a = np.stack(list(acts.values()), 1)
+    order = np.argsort(-a, axis=1)
+    code = EncoderOutput(torch.as_tensor(np.array(list(acts))[order]), torch.as_tensor(np.take_along_axis(a, order, 1)))
+    table = pd.DataFrame({"class": "benign", "label": 0, "latent": [5, 9, 2, 4], "relevance": [0.4, 0.3, 0.2, 0.1],
+                          "share": [0.4, 0.3, 0.2, 0.1], "active": 1.0, "rank": [1, 2, 3, 4]})
+    latents, df = mel.red_candidates(table, code, pool, 9, n_candidates=4, min_frac=0.5, n_top=10)
+    assert latents == [9, 4]
+    # redness of the red images minus the set's mean (a third of the images are red)
+    r = (200 - (60 + 70) / 2) / 255
+    assert df.set_index("latent").loc[9, "redness"] == pytest.approx(r - r / 3)
+    assert df.set_index("latent")["kept"].to_dict() == {5: False, 9: True, 2: False, 4: True}
+    assert mel.red_candidates(table, code, pool, 9, n_candidates=3, n_top=10)[0] == [9]
+    # the given red latent is always kept (here a grey one), first
+    assert mel.red_candidates(table, code, pool, 5, n_candidates=4, n_top=10)[0] == [5, 9, 4]
+
+
+def test_validation_parts_are_stratified_disjoint_and_cover_the_training_rows():
+    labels = np.r_[np.zeros(50, int), np.ones(30, int)]
+    train = np.arange(0, 80, 1)[np.arange(80) % 5 != 0]  # 64 rows: 40 benign, 24 melanoma
+    parts = mel.validation_parts(labels, train, seed=3, folds=4)
+    assert len(parts) == 4
+    assert sorted(np.concatenate(parts).tolist()) == sorted(train.tolist())
+    for p in parts:
+        assert (labels[p] == 0).sum() == 10 and (labels[p] == 1).sum() == 6
+    again = mel.validation_parts(labels, train, seed=3, folds=4)
+    assert all((a == b).all() for a, b in zip(parts, again))
+    (one,) = mel.validation_parts(labels, train, seed=3, val_frac=0.25, folds=1)
+    assert (labels[one] == 0).sum() == 10 and (labels[one] == 1).sum() == 6 and set(one) <= set(train)
+    with pytest.raises(ValueError):
+        mel.validation_parts(labels, train[:6], seed=0, folds=4)
+
+
+def _toy_case_with_decoy(**kw):
+    """The toy case plus latent 1, which reads e2 (noise, not the tint): its Eq. 33 direction
+    does not point where "more_red" moves the tokens."""
+    data, tint = _toy_case(**kw)
+    d = data.tokens["none"].shape[1]
+    with torch.no_grad():
+        data.sae.W_enc[:, 1] = torch.eye(d)[2] * 2.0
+        data.sae.W_dec[1] = torch.eye(d)[2]
+    return mel.CaseData(data.tokens, data.labels, data.head, data.sae, tint=data.tint), tint
+
+
+def test_choose_direction_picks_the_tint_latent_over_a_decoy():
+    # The toy's tint is very informative on clean data: ignoring it costs ~4 points, so the
+    # cost budget is widened here (it is a parameter).
+    data, _ = _toy_case_with_decoy()
+    cfg = mel.CaseConfig(alphas=(0.0, 0.5, 4.0, 8.0), val_folds=3, max_cost=6.0)
+    train = mel.split_indices(data.labels, 0).train
+    latent, alpha, table = mel.choose_direction(data, train, [1, 0], seed=0, cfg=cfg)
+    assert set(table["latent"]) == {0, 1} and len(table) == 8
+    assert latent == 0 and alpha in (0.5, 4.0, 8.0)
+    row = table[(table["latent"] == 0) & (table["alpha"] == alpha)].iloc[0]
+    assert row["cut"] >= 0.5 and row["clean_cost"] >= -6.0
+    # per latent the smallest alpha that reaches the cut within the cost
+    ok0 = table[(table["latent"] == 0) & (table["cut"] >= 0.5) & (table["clean_cost"] >= -6.0)]
+    assert alpha == ok0["alpha"].min()
+    assert (table.loc[table["latent"] == 1, "cut"] < 0.5).all()
+    # the decoy alone never reaches the cut: the best cut within the cost, as choose_alpha did
+    latent1, alpha1, table1 = mel.choose_direction(data, train, [1], seed=0, cfg=cfg)
+    ok1 = table1[table1["clean_cost"] >= -6.0]
+    assert latent1 == 1 and alpha1 == float(ok1.loc[ok1["cut"].idxmax(), "alpha"])
+    a, t = mel.choose_alpha(data, train, 1, seed=0, cfg=cfg)
+    assert a == alpha1 and "latent" not in t
+
+
+def test_run_case_robust_val_takes_the_direction_from_a_better_red_candidate():
+    """Red latent 1 (the decoy): the App. E probe (alpha 4 along its direction) keeps the drop;
+    with latent 0 as a further candidate, robust_val picks it on validation and cuts the drop."""
+    data, _ = _toy_case_with_decoy()
+    cfg = mel.CaseConfig(alphas=(0.0, 0.5, 4.0, 8.0), alpha=4.0, val_folds=3, oracle=False, max_cost=10.0)
+    res = mel.run_case(data, 1, seeds=[0, 1], cfg=cfg, progress=False, direction_latents=[0])
+    assert (res.directions["latent_validation"] == 0).all()
+    assert res.target("robust")["cut"] < 0.5
+    t = res.target("robust_val", max_cost=10.0)
+    assert t["met"] and t["cut"] >= 0.5
+    only = mel.run_case(data, 1, seeds=[0], cfg=cfg, progress=False)
+    assert (only.directions["latent_validation"] == 1).all()

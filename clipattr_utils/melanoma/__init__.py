@@ -24,6 +24,7 @@ Modules, in the order of the flow:
 from . import direction, experiment, hue, plots, probe, sets
 from .direction import PAPER_STD, Direction, dense_activation, latent_augment, red_direction, thresholds
 from .experiment import (CLASSES, CaseConfig, CaseData, CaseResult, RedLatent, Split, build_summary, choose_alpha,
+                         choose_direction, red_candidates, validation_parts,
                          compare_latents, given_red_latent, json_safe,
                          config_dict, explain_standard, find_red_latent, redness, robust_probe, run_case, run_seed,
                          sem, split_indices)
@@ -38,7 +39,8 @@ __all__ = [
     "embed", "fit_probe", "class_accuracy", "probe_relevance", "class_relevance", "rank_of", "relevance_of",
     "Direction", "PAPER_STD", "dense_activation", "thresholds", "red_direction", "latent_augment",
     "CLASSES", "CaseConfig", "CaseData", "CaseResult", "RedLatent", "Split", "split_indices", "redness",
-    "find_red_latent", "given_red_latent", "explain_standard", "robust_probe", "choose_alpha", "run_seed", "run_case",
+    "find_red_latent", "given_red_latent", "explain_standard", "robust_probe", "choose_alpha", "choose_direction",
+    "red_candidates", "validation_parts", "run_seed", "run_case",
     "compare_latents",
     "sem", "config_dict", "build_summary", "json_safe", "plot_accuracy", "plot_alpha_sweep", "plot_relevance",
     "sandbox_recipes", "make_sets",

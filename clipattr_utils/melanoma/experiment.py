@@ -13,7 +13,10 @@ the head. Per seed (the seed draws the probe's training split and the augmentati
 5. the robust probe: the same regression on Eq. 34-augmented training tokens (through the
    head; ``space="embedding"`` augments the normalised embeddings instead);
 6. accuracy per class under each condition on the test samples, and the same for every
-   alpha of the sweep (Fig. 15).
+   alpha of the sweep (Fig. 15);
+7. "robust_val": Eq. 33's latent (the red latent or another red candidate,
+   :func:`red_candidates`) and alpha chosen on a validation part of the training samples
+   (:func:`choose_direction`), then the robust probe on all training samples.
 
 The red latent itself is found once, from the first seed's standard probe, without naming
 it: among the ``n_candidates`` latents most relevant for the benign class, the one whose
@@ -81,10 +84,23 @@ class CaseConfig:
     n_top: int = 20
     """Top-activating images per latent for the redness score and the purity check."""
     select_alpha: bool = True
-    """Also fit "robust_val": the robust probe with alpha chosen on a validation part of the
-    training samples (never the test samples), see :func:`choose_alpha`."""
+    """Also fit "robust_val": the robust probe with alpha (and, among ``direction_latents``,
+    the latent of Eq. 33) chosen on a validation part of the training samples (never the
+    test samples), see :func:`choose_direction`."""
+    n_direction_candidates: int = 5
+    """For "robust_val": how many of the benign class's most relevant latents may give Eq. 33's
+    direction; of those, the red ones (:func:`red_candidates`: top images at least
+    ``min_redness_frac`` as red as the reddest candidate's) are tried on validation. 1: the
+    red latent only (the paper's single red latent). Read by the notebook, which passes the
+    resulting latents to :func:`run_case` as ``direction_latents``."""
+    min_redness_frac: float = 0.5
+    """See ``n_direction_candidates``."""
     val_frac: float = 0.25
-    """Share of the training samples held out (stratified) for that choice."""
+    """Share of the training samples held out (stratified) for that choice (``val_folds=1``)."""
+    val_folds: int = 4
+    """> 1: that choice by stratified ``val_folds``-fold cross-validation on the training
+    samples (drops and costs averaged over the folds; every training sample validates once),
+    which is less noisy than one held-out part; 1: one held-out part of ``val_frac``."""
     min_cut: float = 0.5
     """The choice's goal: cut the melanoma drop under more red by this share ..."""
     max_cost: float = 2.0
@@ -101,6 +117,10 @@ class CaseConfig:
             raise ValueError(f"CaseConfig.space must be 'token' or 'embedding', got {self.space!r}")
         if self.n_aug < 1:
             raise ValueError(f"CaseConfig.n_aug must be >= 1, got {self.n_aug}")
+        if self.val_folds < 1:
+            raise ValueError(f"CaseConfig.val_folds must be >= 1, got {self.val_folds}")
+        if self.n_direction_candidates < 1:
+            raise ValueError(f"CaseConfig.n_direction_candidates must be >= 1, got {self.n_direction_candidates}")
         self.alphas = tuple(float(a) for a in self.alphas)
         self.threshold_params = tuple(float(v) for v in self.threshold_params)  # type: ignore[assignment]
 
@@ -212,6 +232,27 @@ def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_
                      None if attr is None else float(best["purity"]))
 
 
+def red_candidates(table: pd.DataFrame, code: EncoderOutput, image_set: Any, red_latent: int,
+                   n_candidates: int = 5, min_frac: float = 0.5, n_top: int = 20,
+                   seed: int = 0) -> tuple[list[int], pd.DataFrame]:
+    """The latents that may give Eq. 33's direction for "robust_val": among the
+    ``n_candidates`` latents most relevant for the benign class, those whose top images are
+    red (:func:`redness` of their top ``n_top`` images relative to the set, as in
+    :func:`find_red_latent`) by at least ``min_frac`` of the reddest candidate's redness.
+    The red latent comes first (always included); the others follow by benign rank.
+
+    Returns the latent ids and the candidate table (with ``redness`` and ``kept``)."""
+    if not 0.0 <= min_frac <= 1.0:
+        raise ValueError(f"red_candidates: min_frac must be in [0, 1], got {min_frac}")
+    found = find_red_latent(table, code, image_set, n_candidates=n_candidates, n_top=n_top, seed=seed)
+    df = found.candidates.copy()
+    top = float(df["redness"].max())
+    df["kept"] = (df["redness"] > 0) & (df["redness"] >= min_frac * top) if top > 0 else False
+    df.loc[df["latent"] == int(red_latent), "kept"] = True
+    latents = [int(red_latent)] + [int(j) for j in df.loc[df["kept"], "latent"] if int(j) != int(red_latent)]
+    return latents, df
+
+
 def given_red_latent(table: pd.DataFrame, code: EncoderOutput, latent: int, n_top: int = 20,
                      attribute: Sequence[float] | None = None) -> RedLatent:
     """A :class:`RedLatent` for a latent chosen by hand (e.g. by inspecting the grids on
@@ -317,43 +358,84 @@ def _drop_and_clean(clf: Any, data: CaseData, rows: np.ndarray) -> tuple[float, 
     return 100.0 * (none[1] - more[1]), 50.0 * (none[0] + none[1])
 
 
-def choose_alpha(data: CaseData, train: np.ndarray, red_latent: int, seed: int,
-                 cfg: CaseConfig) -> tuple[float, pd.DataFrame]:
-    """Alpha for the robust probe from the training samples alone.
+def validation_parts(labels: Sequence[int], train: np.ndarray, seed: int, val_frac: float = 0.25,
+                     folds: int = 1) -> list[np.ndarray]:
+    """Validation parts of the training rows ``train``, stratified by label and drawn with
+    ``seed``: ``folds`` > 1 disjoint parts covering ``train`` (cross-validation), else one
+    part of ``val_frac`` of each class."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 25]))
+    y = np.asarray(labels)[train]
+    if folds <= 1:
+        return [np.sort(np.concatenate([rng.choice(train[y == c], max(1, int(round(val_frac * (y == c).sum()))),
+                                                   replace=False) for c in (0, 1)]))]
+    parts: list[list[np.ndarray]] = [[] for _ in range(int(folds))]
+    for c in (0, 1):
+        rows = rng.permutation(train[y == c])
+        if len(rows) < folds:
+            raise ValueError(f"validation_parts: {len(rows)} training samples of label {c} for {folds} folds")
+        for k, chunk in enumerate(np.array_split(rows, int(folds))):
+            parts[k].append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
 
-    A stratified ``cfg.val_frac`` of ``train`` is held out; on the rest, Eq. 33 and the
-    standard and every sweep probe are fitted; on the held-out part each probe's melanoma
+
+def choose_direction(data: CaseData, train: np.ndarray, latents: Sequence[int], seed: int,
+                     cfg: CaseConfig) -> tuple[int, float, pd.DataFrame]:
+    """Eq. 33's latent and Eq. 34's alpha for the robust probe from the training samples alone.
+
+    Validation on the training samples (:func:`validation_parts`: ``cfg.val_folds``-fold
+    cross-validation, or one held-out ``cfg.val_frac``): on the rest, the standard probe and,
+    for every latent of ``latents`` (Eq. 33 on the remaining benign samples) and every alpha
+    of ``cfg.alphas``, a robust probe are fitted; on the validation part each probe's melanoma
     drop under more red (Eq. 32, delta -1, applied to those training images) and its clean
-    balanced accuracy are measured. The choice: the smallest alpha whose drop is cut by
-    ``cfg.min_cut`` at a clean cost of at most ``cfg.max_cost`` points; if none reaches the
-    cut, the alpha with the largest cut among those within the cost. Returns the alpha and
-    the validation table.
+    balanced accuracy are measured (averaged over the folds). Per latent, alpha is the
+    smallest one whose drop is cut by ``cfg.min_cut`` at a clean cost of at most
+    ``cfg.max_cost`` points. The latent: of those that reach the cut, the one with the
+    largest cut at its alpha; if none does, the (latent, alpha) with the largest cut within
+    the cost (alpha 0 where none is within it). Returns the latent, the alpha and the
+    validation table (one row per latent and alpha: drop, cut, clean_cost).
     """
     if "more_red" not in data.emb:
-        raise ValueError("choose_alpha needs the 'more_red' condition")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 25]))
-    y = data.labels[train]
-    val = np.concatenate([rng.choice(train[y == c], max(1, int(round(cfg.val_frac * (y == c).sum()))), replace=False)
-                          for c in (0, 1)])
-    fit = np.setdiff1d(train, val)
-    d, _ = _direction(data, fit[data.labels[fit] == 0], red_latent, cfg)
-    drop0, clean0 = _drop_and_clean(pr.fit_probe(data.emb["none"][fit], data.labels[fit], C=cfg.C), data, val)
+        raise ValueError("choose_direction needs the 'more_red' condition")
+    latents = [int(j) for j in latents]
+    if not latents:
+        raise ValueError("choose_direction: no latents")
     rows = []
-    for a in cfg.alphas:
-        clf = robust_probe(data, fit, d.u, a, _rng(seed, a, 2), cfg.space, cfg.n_aug, cfg.C)
-        drop, clean = _drop_and_clean(clf, data, val)
-        rows.append({"alpha": a, "drop": drop, "cut": 1.0 - drop / drop0 if drop0 > 0 else float("nan"),
-                     "clean_cost": clean - clean0})
-    table = pd.DataFrame(rows)
+    for k, val in enumerate(validation_parts(data.labels, train, seed, cfg.val_frac, cfg.val_folds)):
+        fit = np.setdiff1d(train, val)
+        drop0, clean0 = _drop_and_clean(pr.fit_probe(data.emb["none"][fit], data.labels[fit], C=cfg.C), data, val)
+        for j in latents:
+            try:
+                d, _ = _direction(data, fit[data.labels[fit] == 0], j, cfg)
+            except ValueError:  # the latent's high and low sets are not both non-empty here
+                continue
+            for a in cfg.alphas:
+                clf = robust_probe(data, fit, d.u, a, _rng(seed, a, 2 + k), cfg.space, cfg.n_aug, cfg.C)
+                drop, clean = _drop_and_clean(clf, data, val)
+                rows.append({"fold": k, "latent": j, "alpha": a, "drop": drop, "drop_standard": drop0,
+                             "clean_cost": clean - clean0})
+    cols = ["latent", "alpha", "drop", "drop_standard", "clean_cost"]
+    per_fold = pd.DataFrame(rows, columns=["fold"] + cols)
+    table = per_fold.groupby(["latent", "alpha"], sort=False)[cols[2:]].mean().reset_index()
+    d0 = table["drop_standard"]
+    table["cut"] = np.where(d0 > 0, 1.0 - table["drop"] / d0.where(d0 > 0, 1.0), np.nan)
+    table = table[["latent", "alpha", "drop", "cut", "clean_cost"]]
     ok = table[table["clean_cost"] >= -cfg.max_cost]
     reach = ok[ok["cut"] >= cfg.min_cut]
     if not reach.empty:
-        alpha = float(reach["alpha"].min())
-    elif not ok.empty and ok["cut"].notna().any():
-        alpha = float(ok.loc[ok["cut"].idxmax(), "alpha"])
-    else:
-        alpha = 0.0
-    return alpha, table
+        first = reach.sort_values("alpha", kind="stable").groupby("latent", sort=False).head(1)
+        best = first.loc[first["cut"].idxmax()]
+        return int(best["latent"]), float(best["alpha"]), table
+    if not ok.empty and ok["cut"].notna().any():
+        best = ok.loc[ok["cut"].idxmax()]
+        return int(best["latent"]), float(best["alpha"]), table
+    return latents[0], 0.0, table
+
+
+def choose_alpha(data: CaseData, train: np.ndarray, red_latent: int, seed: int,
+                 cfg: CaseConfig) -> tuple[float, pd.DataFrame]:
+    """:func:`choose_direction` with the red latent only: the alpha and the validation table."""
+    _, alpha, table = choose_direction(data, train, [red_latent], seed, cfg)
+    return alpha, table.drop(columns="latent")
 
 
 @dataclass
@@ -366,8 +448,10 @@ class SeedResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def run_seed(data: CaseData, red_latent: int, seed: int, cfg: CaseConfig, keep_tables: bool = False) -> SeedResult:
-    """Steps 1-6 of the module docstring for one seed."""
+def run_seed(data: CaseData, red_latent: int, seed: int, cfg: CaseConfig, keep_tables: bool = False,
+             direction_latents: Sequence[int] | None = None) -> SeedResult:
+    """Steps 1-6 of the module docstring for one seed. ``direction_latents``: further latents
+    (e.g. :func:`red_candidates`) that "robust_val" may take Eq. 33's direction from."""
     split = split_indices(data.labels, seed, cfg.train_frac, cfg.n_train_other, cfg.n_test_other)
     tr, te = split.train, split.test
     y = data.labels
@@ -404,9 +488,13 @@ def run_seed(data: CaseData, red_latent: int, seed: int, cfg: CaseConfig, keep_t
         accuracy += _accuracy_records(clf, data, te, seed=seed, probe="sweep", alpha=a)
     probes = [("standard", standard), ("robust", robust)]
     if cfg.select_alpha and "more_red" in data.emb:
-        a_val, _ = choose_alpha(data, tr, red_latent, seed, cfg)
-        info["alpha_validation"] = a_val
-        clf = robust_probe(data, tr, d.u, a_val, _rng(seed, a_val, 0), cfg.space, cfg.n_aug, cfg.C)
+        cands = [int(red_latent)] + [int(j) for j in (direction_latents or ()) if int(j) != int(red_latent)]
+        j_val, a_val, _ = choose_direction(data, tr, cands, seed, cfg)
+        info["alpha_validation"], info["latent_validation"] = a_val, j_val
+        u_val = d.u if j_val == int(red_latent) else _direction(data, ben, j_val, cfg)[0].u
+        if j_val != int(red_latent):
+            info["cos_u_validation_more_red_shift"] = _cos(u_val, (more[tr] - space_x[tr]).mean(0))
+        clf = robust_probe(data, tr, u_val, a_val, _rng(seed, a_val, 0), cfg.space, cfg.n_aug, cfg.C)
         accuracy += _accuracy_records(clf, data, te, seed=seed, probe="robust_val", alpha=a_val)
         probes.append(("robust_val", clf))
     if cfg.oracle and tinted is not None:
@@ -526,13 +614,14 @@ class CaseResult:
 
 
 def run_case(data: CaseData, red_latent: int, seeds: Sequence[int], cfg: CaseConfig | None = None,
-             progress: bool = True) -> CaseResult:
-    """:func:`run_seed` for every seed (features are shared; each seed costs a few fits)."""
+             progress: bool = True, direction_latents: Sequence[int] | None = None) -> CaseResult:
+    """:func:`run_seed` for every seed (features are shared; each seed costs a few fits).
+    ``direction_latents``: see :func:`run_seed` (None: the red latent only)."""
     cfg = cfg or CaseConfig()
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("run_case: no seeds")
-    results = [run_seed(data, red_latent, s, cfg, keep_tables=(i == 0))
+    results = [run_seed(data, red_latent, s, cfg, keep_tables=(i == 0), direction_latents=direction_latents)
                for i, s in enumerate(tqdm(seeds, desc="seeds", disable=not progress))]
     return CaseResult(cfg, int(red_latent), seeds,
                       pd.DataFrame([r for res in results for r in res.accuracy]),
@@ -591,7 +680,10 @@ def build_summary(result: CaseResult, red: RedLatent, ids: Sequence[str], **extr
         "conditions": {k: v for k, v in CONDITIONS.items()},
     }
     if (result.accuracy["probe"] == "robust_val").any():
-        out["target_validation_alpha"] = json_safe(result.target("robust_val"))
+        tv = result.target("robust_val")
+        if "latent_validation" in result.directions:
+            tv["latent"] = sorted({int(j) for j in result.directions["latent_validation"]})
+        out["target_validation_alpha"] = json_safe(tv)
         out["clean_cost_validation_alpha"] = result.clean_cost("robust_val")
     if (result.accuracy["probe"] == "oracle_sweep").any():
         out["oracle_sweep_tradeoff"] = records(result.sweep_tradeoff("oracle_sweep"))
@@ -624,5 +716,6 @@ def config_dict(cfg: CaseConfig) -> dict[str, Any]:
 
 
 __all__ = ["CLASSES", "CONDITIONS", "CaseConfig", "Split", "split_indices", "redness", "RedLatent",
-           "find_red_latent", "given_red_latent", "explain_standard", "CaseData", "robust_probe", "choose_alpha", "SeedResult",
+           "find_red_latent", "red_candidates", "given_red_latent", "explain_standard", "CaseData", "robust_probe",
+           "validation_parts", "choose_direction", "choose_alpha", "SeedResult",
            "run_seed", "sem", "CaseResult", "run_case", "compare_latents", "build_summary", "json_safe", "config_dict"]

@@ -10,7 +10,7 @@ import pandas as pd
 
 CONDITION_LABELS = {"none": "none", "more_red": "more red (δ = -1)", "less_red": "less red (δ = 0.2)",
                     "tint": "planted tint"}
-PROBE_LABELS = {"standard": "standard", "robust": "robust", "robust_val": "robust (α on validation)"}
+PROBE_LABELS = {"standard": "standard", "robust": "robust", "robust_val": "robust (latent, α on validation)"}
 
 
 def _ordered(conditions) -> list[str]:

@@ -44,14 +44,23 @@ def embed(head: Head, x: torch.Tensor, chunk: int = 65536) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, head.d_post))
 
 
+SMALL_FIT = 4_000_000
+"""Embedding matrices with at most this many entries are fitted with one BLAS thread: lbfgs
+on a few thousand rows is dominated by thread hand-offs (10x slower with two threads on a
+busy 2-core machine); larger ones keep the library's threads."""
+
+
 def fit_probe(z: np.ndarray, y: Sequence[int], C: float = 1.0, max_iter: int = 5000):
     """A logistic regression (sklearn, L2, lbfgs) on embeddings ``z``: melanoma (1) vs rest (0)."""
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     y = np.asarray(y)
+    z = np.asarray(z)
     if set(np.unique(y).tolist()) != {0, 1}:
         raise ValueError(f"fit_probe: labels must be 0 (benign) and 1 (melanoma), got {np.unique(y).tolist()}")
-    return LogisticRegression(C=float(C), max_iter=int(max_iter)).fit(np.asarray(z), y)
+    with threadpool_limits(1 if z.size <= SMALL_FIT else None):
+        return LogisticRegression(C=float(C), max_iter=int(max_iter)).fit(z, y)
 
 
 def class_accuracy(clf: Any, z: np.ndarray, y: Sequence[int]) -> dict[int, float]:
