@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.clipattr-installed
 PRESET ?= sandbox
 
-.PHONY: demo test install benchmarks clean
+.PHONY: demo test install browser benchmarks clean
 
 install: $(STAMP)
 
@@ -17,11 +17,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
+# make demo [PRESET=sandbox-fast] [ONLY=02,04]: runs/<timestamp>-<preset>/index.html and the latent atlas.
 demo: $(STAMP)
-	$(BIN)/python -m clipattr_utils.series --preset $(PRESET)
+	$(BIN)/python -m clipattr_utils.series --preset $(PRESET) $(if $(ONLY),--only $(ONLY))
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# The real-browser tests (tests/test_browser.py) drive Debian's Chromium through Playwright
+# (installed with the dev extra). Install chromium when it is missing and apt-get can run as
+# root; otherwise say so and go on: those tests then skip, or fail under CI=true.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$$CLIPATTR_CHROMIUM" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing Chromium for the browser tests (apt-get install chromium)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get install -y -qq --no-install-recommends chromium || \
+	    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }; } >/dev/null 2>&1 \
+	  || echo "apt-get could not install chromium: the browser tests will skip (fail under CI=true)"; \
+	else echo "No chromium, and apt-get cannot run as root here: the browser tests will skip (fail under CI=true)"; fi
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/features.py

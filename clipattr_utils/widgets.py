@@ -158,13 +158,14 @@ class HiddenConceptsView:
 
         def redraw(*_):
             table, fig = self.render(s_tau.value, s_align.value)
+            png = _png(fig)
             self.shown = table
             with out:
                 out.clear_output(wait=True)
                 print(f"{len(table)} hidden concepts")
                 _display(table.head(20))
-                if fig is not None:
-                    plt.show()
+                if png is not None:
+                    _display(png)
 
         s_tau.observe(redraw, names="value")
         s_align.observe(redraw, names="value")
@@ -309,8 +310,9 @@ class ComponentBrowser:
                     return
                 card = self.card(pick.value)
                 _display(_html(card_html(card)))
-                if self.figure(card) is not None:
-                    plt.show()
+                png = _png(self.figure(card))
+                if png is not None:
+                    _display(png)
 
         box_q.observe(on_query, names="value")
         pick.observe(on_pick, names="value")
@@ -318,6 +320,27 @@ class ComponentBrowser:
         widget = W.VBox([W.HBox([box_q, pick]), out])
         _display(widget)
         return widget
+
+
+def _png(fig):
+    """``fig`` rendered to a PNG image here and closed (None for None).
+
+    The live views show their figures this way rather than with ``plt.show()``: a widget
+    callback runs while the frontend syncs the Output widget's state, and the inline backend
+    then sent an empty image into the view and the drawn one outside it (seen in JupyterLab 4.6
+    with ipykernel 7.4; tests/test_browser.py checks the grid in a real browser).
+    """
+    if fig is None:
+        return None
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return Image(data=buf.getvalue(), format="png")
 
 
 def _html(text: str):
