@@ -178,10 +178,14 @@ class ImageNetFolder(_FileImageSet):
         root: the split folder holding one sub-folder per wnid.
         classes: optional subset of class indices to keep (e.g. ``range(100)``).
         max_per_class: keep at most this many images per class (first in sorted order).
+        every: keep every n-th image of each class in sorted order (the paper mines "every
+            fifth image" of ImageNet train: ``every=5``), before ``max_per_class``.
     """
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[int] | None = None,
-                 max_per_class: int | None = None):
+                 max_per_class: int | None = None, every: int = 1):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"ImageNetFolder: every must be a positive integer, got {every!r}")
         root = _require_dir(root, "ImageNetFolder root")
         wnid_index = {w: i for i, w in enumerate(imagenet_wnids())}
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -197,18 +201,22 @@ class ImageNetFolder(_FileImageSet):
             label = wnid_index[folder.name]
             if keep is not None and label not in keep:
                 continue
-            files = _list_files(folder, IMAGE_EXTENSIONS)
+            files = _list_files(folder, IMAGE_EXTENSIONS)[::every]
             if max_per_class is not None:
                 files = files[:max_per_class]
             relpaths += [str(f.relative_to(root).as_posix()) for f in files]
             labels += [label] * len(files)
         self.max_per_class = max_per_class
+        self.every = every
         self.class_subset = None if keep is None else sorted(keep)
         super().__init__(root, relpaths, labels, list(imagenet_classnames()))
 
     def describe(self) -> dict:
-        return {"kind": "imagenet-folder", "root_name": self.root.name, "n": len(self),
-                "classes": self.class_subset, "max_per_class": self.max_per_class}
+        d = {"kind": "imagenet-folder", "root_name": self.root.name, "n": len(self),
+             "classes": self.class_subset, "max_per_class": self.max_per_class}
+        if self.every != 1:  # only when used, so caches keyed before it existed stay valid
+            d["every"] = self.every
+        return d
 
 
 ISIC2019_DIAGNOSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")

@@ -141,3 +141,19 @@ def test_to_rgb_handles_modes(mode, color):
         assert out.getpixel((0, 0)) == (255, 255, 255)
     if mode == "CMYK":  # full magenta + yellow ink on white paper is red
         assert out.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_imagenet_folder_every_keeps_every_nth_image_per_class(tmp_path):
+    wnids = imagenet_wnids()[:2]
+    for w in wnids:
+        (tmp_path / w).mkdir()
+        for i in range(7):
+            Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / w / f"{w}_{i}.JPEG")
+    every = ImageNetFolder(tmp_path, every=3)
+    assert [every.sample_id(i) for i in range(len(every))] == [f"{w}/{w}_{i}.JPEG" for w in wnids for i in (0, 3, 6)]
+    assert ImageNetFolder(tmp_path, every=3, max_per_class=2).sample_id(1) == f"{wnids[0]}/{wnids[0]}_3.JPEG"
+    plain = ImageNetFolder(tmp_path)
+    assert "every" not in plain.describe(), "sets made before `every` existed keep their cache key"
+    assert every.describe()["every"] == 3 and every.fingerprint() != plain.fingerprint()
+    with pytest.raises(ValueError, match="every"):
+        ImageNetFolder(tmp_path, every=0)

@@ -309,3 +309,41 @@ def test_default_worlds_keep_their_fingerprints_and_draws():
     c = sb.make_dataset(50, "train", seed=3, recipe=ObjectRecipe(companion_other_rate=0.5))
     assert c.fingerprint() != a.fingerprint()
     assert (c.attributes["companion"][~c.attributes["object"].isin(["fire", "fire truck"])] != "").any()
+
+
+def test_class_outputs_in_chunks_equal_one_pass(clip_tiny):
+    head = clip_tiny.head
+    torch.manual_seed(3)
+    x = torch.randn(37, head.d_pre)
+    text = torch.randn(5, head.d_post)
+    with torch.no_grad():
+        whole = torch.log_softmax(20.0 * head.cosine(x, text).double(), dim=1).numpy()
+    np.testing.assert_allclose(mi.class_outputs(x, head, text, "log_prob", 20.0, chunk_rows=8), whole, atol=1e-5)  # float32 cosines, batch-size rounding
+    with torch.no_grad():
+        np.testing.assert_allclose(mi.class_outputs(x, head, text, chunk_rows=5), head.cosine(x, text).double().numpy(),
+                                   atol=1e-5)
+
+
+def test_imagenet_classes_keep_the_polysemous_short_names_and_unique_names():
+    classes = mi.imagenet_classes()
+    assert len(classes) == 1000 and len({c.name for c in classes}) == 1000
+    assert classes[134].short == classes[517].short == "crane"
+    assert classes[0].short == "tench" and classes[0].full.startswith("tench, ")
+    assert mi.prompts(classes[:1]) == ["a photo of a tench"]
+
+
+def test_probe_scores_for_classes_it_never_saw_rank_below_the_seen_ones():
+    from clipattr_utils.mining import evaluate as ev
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 8))
+    labels = np.repeat([0, 2, 3], 20)  # class 1 and 4 missing
+    emb[labels == 2] += 3.0
+    with pytest.raises(ValueError, match="lacks classes"):
+        ev.train_probe(emb, labels, 5)
+    probe = ev.train_probe(emb, labels, 5, require_all_classes=False)
+    s = ev.variant_scores(torch.as_tensor(emb), {"short": torch.randn(5, 8)}, probe)["probe"]
+    assert s.shape == (60, 5)
+    assert (s[:, [1, 4]].max() < s[:, [0, 2, 3]].min())
+    z = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    np.testing.assert_allclose(s[:, [0, 2, 3]], probe.decision_function(z.astype(np.float32)), rtol=1e-5, atol=1e-6)

@@ -93,3 +93,50 @@ def test_notebook_04_runs_and_its_top_flag_is_reproduced(tmp_path):
     ids = np.asarray(att["sample_id"])[np.flatnonzero(active)[z > 3.0]]
     got = samples[(samples["class"] == top["class"]) & (samples["latent"] == j)]["sample_id"]
     assert set(got) == set(ids)
+
+
+@pytest.mark.slow
+def test_notebook_04_imagenet_path_mines_an_imagenet_folder(tmp_path, imagenet_sample):
+    """The ImageNet branch (the paper's Sec. 5.3 layout) on real photos: four wnid folders of
+    eight photos each, every second image mined, the probe trained on the whole folder. The
+    sandbox CLIP stands in for ViT-B-16 (any model runs the same cells)."""
+    if not SANDBOX_WEIGHTS.is_file():
+        pytest.skip(f"sandbox model weights {SANDBOX_WEIGHTS.relative_to(ROOT)} do not exist yet")
+    papermill = pytest.importorskip("papermill")
+    import clipattr_utils as ca
+    from clipattr_utils.data import imagenet_wnids
+
+    photos = sorted(p for p in Path(imagenet_sample).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    assert len(photos) >= 32
+    root = tmp_path / "imagenet-train"
+    wnids = [imagenet_wnids()[i] for i in (1, 134, 517, 999)]
+    for c, wnid in enumerate(wnids):
+        (root / wnid).mkdir(parents=True)
+        for i, src in enumerate(photos[8 * c:8 * c + 8]):
+            (root / wnid / f"{wnid}_{i}{src.suffix}").symlink_to(src)
+    torch.manual_seed(0)
+    sae = ca.TopKSAE(ca.load_clip("sandbox").head.d_pre, 64, k=8)
+    sae.save(tmp_path / "sae")
+    out = tmp_path / "out"
+    params = dict(imagenet_root=str(root), pool_every=2, probe_root=str(root), sae_dir=str(tmp_path / "sae"),
+                  min_count=1, z_thr=0.0, out_k=3.0, seed=0, cache_dir=str(tmp_path / "cache"), out_dir=str(out))
+    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "04.ipynb"), parameters=params, kernel_name="python3",
+                               cwd=str(ROOT), progress_bar=False)
+
+    pool = json.loads((out / "pool.json").read_text())
+    assert pool["imagenet"]["every"] == 2 and len(pool["classes"]) == 1000
+    names = [c["name"] for c in pool["classes"]]
+    assert pool["classes"][134]["short"] == pool["classes"][517]["short"] == "crane", "polysemy kept in the prompt"
+    assert names[134] != names[517]
+    flagged = pd.read_csv(out / "flagged.csv", keep_default_na=False)
+    samples = pd.read_csv(out / "flagged_samples.csv")
+    assert len(flagged) > 0, "with z_thr=0 and min_count=1 some latent must be flagged"
+    assert set(flagged["class"]) <= {names[i] for i in (1, 134, 517, 999)}
+    # distractors are mined images (every second photo) of another class than the flagged one
+    mined = {f"{w}/{w}_{i}" for w in wnids for i in range(0, 8, 2)}
+    assert all(any(s.startswith(m) for m in mined) for s in samples["sample_id"])
+    owner = {w: names[i] for w, i in zip(wnids, (1, 134, 517, 999))}
+    assert all(owner[s.split("/")[0]] != c for s, c in zip(samples["sample_id"], samples["class"]))
+    assert not (out / "ground_truth.json").exists(), "no planted truth on ImageNet"
+    t1 = pd.read_csv(out / "table1.csv")
+    assert set(t1["failure_type"]) == {"unreviewed"}

@@ -5,12 +5,14 @@ App. D.2 robustness evaluation and a review widget."""
 from . import evaluate, ground_truth, review
 from .classes import (MiningClass, class_labels, prompts, sandbox_classes, sandbox_mining_pool,
                       sandbox_reference_labels)
-from .outliers import (CONFIDENCES, MiningConfig, confidence_scores, with_output_stats, MiningResult, distractor_rows, flag_class, guarded_std, mine, outsiders,
-                       save_result, zscores)
+from .imagenet import imagenet_classes, imagenet_mining_pool
+from .outliers import (CONFIDENCES, MiningConfig, MiningResult, class_outputs, confidence_scores, distractor_rows,
+                       flag_class, guarded_std, mine, outsiders, save_result, with_output_stats, zscores)
 from .relevance import ExpectedRelevance, RunningMoments, expected_relevance
 from .review import ReviewView
 
-__all__ = ["CONFIDENCES", "confidence_scores", "with_output_stats", "evaluate", "ground_truth", "review", "ReviewView", "save_result", "sandbox_reference_labels",
+__all__ = ["evaluate", "ground_truth", "review", "ReviewView", "save_result", "sandbox_reference_labels",
            "MiningClass", "class_labels", "prompts", "sandbox_classes", "sandbox_mining_pool", "MiningConfig",
            "MiningResult", "distractor_rows", "flag_class", "guarded_std", "mine", "outsiders", "zscores",
-           "ExpectedRelevance", "RunningMoments", "expected_relevance"]
+           "ExpectedRelevance", "RunningMoments", "expected_relevance", "CONFIDENCES", "class_outputs",
+           "confidence_scores", "with_output_stats", "imagenet_classes", "imagenet_mining_pool"]

@@ -52,15 +52,20 @@ def prompt_embeddings(clip: Any, classes: Sequence[MiningClass]) -> dict[str, to
             "template": mean_emb(short), "both": mean_emb(full)}
 
 
-def train_probe(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, seed: int = 0, C: float = 1.0):
-    """One-vs-rest (multinomial) logistic regression on unit image embeddings."""
+def train_probe(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, seed: int = 0, C: float = 1.0,
+                require_all_classes: bool = True):
+    """One-vs-rest (multinomial) logistic regression on unit image embeddings. With
+    ``require_all_classes=False`` a split missing some classes is accepted (a capped ImageNet
+    dry run); `variant_scores` then scores those classes below every seen one."""
     from sklearn.linear_model import LogisticRegression
 
     keep = np.asarray(labels) >= 0
     z = embeddings[keep] / np.linalg.norm(embeddings[keep], axis=1, keepdims=True)
     clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
     clf.fit(z, np.asarray(labels)[keep])
-    if list(clf.classes_) != list(range(n_classes)):
+    if len(clf.classes_) < 3:
+        raise ValueError(f"probe training split has {len(clf.classes_)} classes; at least 3 are needed")
+    if require_all_classes and list(clf.classes_) != list(range(n_classes)):
         raise ValueError(f"probe training split lacks classes: has {list(clf.classes_)}, needs 0..{n_classes - 1}")
     return clf
 
@@ -70,7 +75,13 @@ def variant_scores(image_emb: torch.Tensor, prompts: dict[str, torch.Tensor], pr
     z = F.normalize(image_emb.float(), dim=-1)
     out = {k: (z @ t.T).numpy() for k, t in prompts.items()}
     if probe is not None:
-        out["probe"] = probe.decision_function(z.numpy())
+        d = probe.decision_function(z.numpy())
+        n_classes = next(iter(prompts.values())).shape[0]
+        if d.shape[1] != n_classes:  # classes the probe never saw rank below all it did
+            full = np.full((len(d), n_classes), d.min() - 1.0)
+            full[:, probe.classes_] = d
+            d = full
+        out["probe"] = d
     return out
 
 

@@ -63,6 +63,19 @@ def confidence_scores(cosine: torch.Tensor | np.ndarray, kind: str = "cosine", l
     return y.cpu().numpy()
 
 
+def class_outputs(x: torch.Tensor, head: Any, text: torch.Tensor, confidence: str = "cosine",
+                  logit_scale: float = 100.0, chunk_rows: int = 16384) -> np.ndarray:
+    """`confidence_scores` of every sample for every class prompt, (N, C) float64, computed
+    ``chunk_rows`` samples at a time (ImageNet: 256k x 1000 would not fit as one cosine)."""
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"confidence must be one of {CONFIDENCES}, got {confidence!r}")
+    out = np.empty((x.shape[0], text.shape[0]), dtype=np.float64)
+    with torch.no_grad():
+        for a in range(0, x.shape[0], chunk_rows):
+            out[a:a + chunk_rows] = confidence_scores(head.cosine(x[a:a + chunk_rows], text), confidence, logit_scale)
+    return out
+
+
 def with_output_stats(expected: ExpectedRelevance, scores: np.ndarray, reference_labels: np.ndarray
                       ) -> ExpectedRelevance:
     """``expected`` with its class output mean/std recomputed from ``scores`` (N, C) over each
@@ -140,8 +153,7 @@ def mine(x: torch.Tensor, labels: np.ndarray, sample_ids: Sequence[str], sae: An
     labels = np.asarray(labels)
     ids = np.asarray(list(sample_ids))
     if scores is None:
-        with torch.no_grad():
-            y = head.cosine(x, text).double().cpu().numpy()
+        y = class_outputs(x, head, text, "cosine", chunk_rows=cfg.chunk_n * 64)
     else:
         y = np.asarray(scores, dtype=np.float64)
         if y.shape != (x.shape[0], text.shape[0]):
@@ -189,7 +201,7 @@ def distractor_rows(result: MiningResult, cls: str, latent: int) -> np.ndarray:
     return s.loc[(s["class"] == cls) & (s["latent"] == int(latent)), "row"].to_numpy()
 
 
-__all__ = ["CONFIDENCES", "confidence_scores", "with_output_stats", "MiningConfig", "MiningResult", "outsiders", "guarded_std", "zscores", "flag_class", "mine",
+__all__ = ["CONFIDENCES", "class_outputs", "confidence_scores", "with_output_stats", "MiningConfig", "MiningResult", "outsiders", "guarded_std", "zscores", "flag_class", "mine",
            "distractor_rows", "save_result", "FLAGGED_COLUMNS"]
 
 
