@@ -55,17 +55,7 @@ def gather_merge(part: T, merge: Callable[[T, T], T], group: Any) -> T:
 
 def merge_moments(a: RunningMoments, b: RunningMoments) -> RunningMoments:
     """Moments of ``a``'s rows and ``b``'s together (Chan et al.'s parallel update)."""
-    if a.mean.shape != b.mean.shape:
-        raise ValueError(f"merge_moments: widths differ ({a.mean.numel()} vs {b.mean.numel()})")
-    out = RunningMoments(a.mean.numel(), dtype=a.mean.dtype, device=a.mean.device)
-    n = a.n + b.n
-    out.n = n
-    if n == 0:
-        return out
-    delta = b.mean.to(a.mean.dtype) - a.mean
-    out.mean = a.mean + delta * (b.n / n)
-    out.m2 = a.m2 + b.m2.to(a.m2.dtype) + delta ** 2 * (a.n * b.n / n)
-    return out
+    return a.merged(b)
 
 
 # ---------------------------------------------------------------------------- top-n

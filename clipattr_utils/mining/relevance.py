@@ -40,6 +40,21 @@ class RunningMoments:
         self.m2 = self.m2 + bm2 + delta ** 2 * (self.n * nb / n)
         self.n = n
 
+    def merged(self, other: "RunningMoments") -> "RunningMoments":
+        """Moments of this object's rows and ``other``'s together (Chan et al.'s pairwise
+        update): shards of a pass merge to what one pass over all rows gives."""
+        if self.mean.shape != other.mean.shape:
+            raise ValueError(f"RunningMoments.merged: widths differ ({self.mean.numel()} vs {other.mean.numel()})")
+        out = RunningMoments(self.mean.numel(), dtype=self.mean.dtype, device=self.mean.device)
+        n = self.n + other.n
+        out.n = n
+        if n == 0:
+            return out
+        delta = other.mean.to(self.mean.dtype) - self.mean
+        out.mean = self.mean + delta * (other.n / n)
+        out.m2 = self.m2 + other.m2.to(self.m2.dtype) + delta ** 2 * (self.n * other.n / n)
+        return out
+
     def std(self, ddof: int = 1) -> torch.Tensor:
         if self.n - ddof <= 0:
             return torch.zeros_like(self.m2)
