@@ -32,8 +32,8 @@ browser:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "Installing Chromium for the browser tests (apt-get install chromium)"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  { apt-get install -y -qq --no-install-recommends chromium || \
-	    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }; } >/dev/null 2>&1 \
+	  { apt-get install -y -qq chromium || \
+	    { apt-get update -qq && apt-get install -y -qq chromium; }; } >/dev/null 2>&1 \
 	  || echo "apt-get could not install chromium: the browser tests will skip (fail under CI=true)"; \
 	else echo "No chromium, and apt-get cannot run as root here: the browser tests will skip (fail under CI=true)"; fi
 
