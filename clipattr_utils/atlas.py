@@ -46,7 +46,7 @@ def rebuild_pool(spec: dict) -> Pool:
             root = Path(spec["root"])
             if not root.is_dir():
                 return Pool(reason=f"the image folder {root} recorded in pool.json is not on this machine")
-            images = ImageNetFolder(root, max_per_class=spec.get("max_per_class"))
+            images = ImageNetFolder(root, max_per_class=spec.get("max_per_class"), every=spec.get("every", 1))
         else:
             return Pool(reason=f"pool.json describes a {kind!r} pool, which the atlas cannot rebuild")
     except Exception as e:  # a report should still come out when images cannot be made

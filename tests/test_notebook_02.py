@@ -4,33 +4,25 @@ recomputation from the pool it says it used."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "02_labeling.ipynb"
-WEIGHTS = ROOT / "data" / "sandbox" / "sandbox-labeler.safetensors"
-
-
+from _notebooks import LABELER_WEIGHTS, require_weights, run_notebook
 
 
 @pytest.mark.slow
 def test_notebook_02_runs_and_its_files_match_a_recomputation(tmp_path):
-    if not WEIGHTS.is_file():
-        pytest.skip(f"the shipped labeler {WEIGHTS.relative_to(ROOT)} is missing")
-    papermill = pytest.importorskip("papermill")
+    require_weights(LABELER_WEIGHTS)
     import clipattr_utils as ca
     from clipattr_utils.labeling.pool import rebuild_sandbox_pool
 
     out = tmp_path / "out"
     params = dict(n_pool=600, n_calibration=300, n_train=600, sae_d_sae=128, sae_k=8, sae_epochs=3, n_top=30,
                   min_count=5, tau_act=1.0, seed=1, cache_dir=str(tmp_path / "cache"), out_dir=str(out))
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "02.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(ROOT), progress_bar=False)
+    run_notebook("02_labeling", tmp_path, **params)
     for name in ("latents.csv", "top_samples.csv", "pool.json", "vocabulary.csv", "diversity.json",
                  "ground_truth.json"):
         assert (out / name).is_file(), name

@@ -4,15 +4,12 @@ brute-force computation reproduces."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "03_faithfulness.ipynb"
-SANDBOX_WEIGHTS = ROOT / "data" / "sandbox" / "sandbox.safetensors"
+from _notebooks import SANDBOX_WEIGHTS, require_weights, run_notebook
 
 
 
@@ -35,9 +32,7 @@ def _brute_deletion(x_n, sae, head, t, latents):
 
 @pytest.mark.slow
 def test_notebook_03_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
-    if not SANDBOX_WEIGHTS.is_file():
-        pytest.skip(f"sandbox model weights {SANDBOX_WEIGHTS.relative_to(ROOT)} do not exist yet")
-    papermill = pytest.importorskip("papermill")
+    require_weights(SANDBOX_WEIGHTS)
     from safetensors.numpy import load_file
 
     import clipattr_utils as ca
@@ -45,8 +40,7 @@ def test_notebook_03_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
     out = tmp_path / "out"
     params = dict(n_per_class=3, n_train=600, sae_d_sae=256, sae_k=16, sae_epochs=3, steps=5, n_random_ref=20,
                   ig_steps=4, seed=3, cache_dir=str(tmp_path / "cache"), out_dir=str(out))
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "03.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(ROOT), progress_bar=False)
+    run_notebook("03_faithfulness", tmp_path, **params)
 
     summary = json.loads((out / "summary.json").read_text())
     n_cls = summary["n_classes"]

@@ -11,9 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "04_failure_mining.ipynb"
-SANDBOX_WEIGHTS = ROOT / "data" / "sandbox" / "sandbox.safetensors"
+from _notebooks import SANDBOX_WEIGHTS, require_weights, run_notebook
 
 
 
@@ -31,9 +29,7 @@ def _autograd_relevance(x, sae, head, t):
 
 @pytest.mark.slow
 def test_notebook_04_runs_and_its_top_flag_is_reproduced(tmp_path):
-    if not SANDBOX_WEIGHTS.is_file():
-        pytest.skip(f"sandbox model weights {SANDBOX_WEIGHTS.relative_to(ROOT)} do not exist yet")
-    papermill = pytest.importorskip("papermill")
+    require_weights(SANDBOX_WEIGHTS)
     import clipattr_utils as ca
     from clipattr_utils.labeling.pool import rebuild_sandbox_pool
 
@@ -41,8 +37,7 @@ def test_notebook_04_runs_and_its_top_flag_is_reproduced(tmp_path):
     out = tmp_path / "out"
     params = dict(n_pool=1500, n_probe=600, n_train=800, sae_d_sae=512, sae_k=16, sae_epochs=3, min_count=5,
                   seed=3, cache_dir=str(tmp_path / "cache"), out_dir=str(out))
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "04.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(ROOT), progress_bar=False)
+    run_notebook("04_failure_mining", tmp_path, **params)
 
     flagged = pd.read_csv(out / "flagged.csv", keep_default_na=False)
     samples = pd.read_csv(out / "flagged_samples.csv")
@@ -100,9 +95,7 @@ def test_notebook_04_imagenet_path_mines_an_imagenet_folder(tmp_path, imagenet_s
     """The ImageNet branch (the paper's Sec. 5.3 layout) on real photos: four wnid folders of
     eight photos each, every second image mined, the probe trained on the whole folder. The
     sandbox CLIP stands in for ViT-B-16 (any model runs the same cells)."""
-    if not SANDBOX_WEIGHTS.is_file():
-        pytest.skip(f"sandbox model weights {SANDBOX_WEIGHTS.relative_to(ROOT)} do not exist yet")
-    papermill = pytest.importorskip("papermill")
+    require_weights(SANDBOX_WEIGHTS)
     import clipattr_utils as ca
     from clipattr_utils.data import imagenet_wnids
 
@@ -120,8 +113,7 @@ def test_notebook_04_imagenet_path_mines_an_imagenet_folder(tmp_path, imagenet_s
     out = tmp_path / "out"
     params = dict(imagenet_root=str(root), pool_every=2, probe_root=str(root), sae_dir=str(tmp_path / "sae"),
                   min_count=1, z_thr=0.0, out_k=3.0, seed=0, cache_dir=str(tmp_path / "cache"), out_dir=str(out))
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "04.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(ROOT), progress_bar=False)
+    run_notebook("04_failure_mining", tmp_path, **params)
 
     pool = json.loads((out / "pool.json").read_text())
     assert pool["imagenet"]["every"] == 2 and len(pool["classes"]) == 1000

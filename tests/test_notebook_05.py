@@ -5,24 +5,17 @@ probe by sklearn, the red latent's top images from the saved SAE)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "05_melanoma_case.ipynb"
-SANDBOX_WEIGHTS = ROOT / "data" / "sandbox" / "sandbox.safetensors"
-
-
+from _notebooks import SANDBOX_WEIGHTS, require_weights, run_notebook
 
 
 @pytest.mark.slow
 def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
-    if not SANDBOX_WEIGHTS.is_file():
-        pytest.skip(f"sandbox model weights {SANDBOX_WEIGHTS.relative_to(ROOT)} do not exist yet")
-    papermill = pytest.importorskip("papermill")
+    require_weights(SANDBOX_WEIGHTS)
     from sklearn.linear_model import LogisticRegression
 
     import clipattr_utils as ca
@@ -31,8 +24,7 @@ def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
     out, cache = tmp_path / "out", tmp_path / "cache"
     params = dict(n_pool=240, n_sae_train=240, sae_d_sae=64, sae_k=4, sae_epochs=3, n_seeds=2, alphas=[0.0, 0.5, 2.0],
                   n_gallery=3, seed=3, device="cpu", cache_dir=str(cache), out_dir=str(out))
-    papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "05.ipynb"), parameters=params, kernel_name="python3",
-                               cwd=str(ROOT), progress_bar=False)
+    run_notebook("05_melanoma_case", tmp_path, **params)
 
     summary = json.loads((out / "summary.json").read_text())
     pool_kwargs = json.loads((out / "pool.json").read_text())

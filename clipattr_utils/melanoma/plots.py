@@ -18,6 +18,22 @@ def _ordered(conditions) -> list[str]:
     return [c for c in CONDITION_LABELS if c in seen] + [c for c in seen if c not in CONDITION_LABELS]
 
 
+def _class_panel(ax, cls: str, grid_axis: str = "both") -> None:
+    ax.set_title(f"{cls} samples")
+    ax.set_ylim(0, 100)
+    ax.grid(axis=grid_axis, alpha=0.3)
+
+
+def _finish(fig, axes, title: str | None):
+    """The accuracy figures' shared frame: y label, legend, title, layout."""
+    axes[0, 0].set_ylabel("accuracy (%)")
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_accuracy(summary: pd.DataFrame, probes: Sequence[str] = ("standard", "robust"),
                   conditions: Sequence[str] | None = None, title: str | None = None):
     """Fig. 6b: one panel per class, bars per condition and probe, error bars = SEM.
@@ -40,15 +56,8 @@ def plot_accuracy(summary: pd.DataFrame, probes: Sequence[str] = ("standard", "r
             x = np.arange(len(conditions)) + (k - (len(probes) - 1) / 2) * width
             ax.bar(x, means, width, yerr=sems, capsize=3, label=PROBE_LABELS.get(probe, probe))
         ax.set_xticks(np.arange(len(conditions)), [CONDITION_LABELS.get(c, c) for c in conditions], fontsize=8)
-        ax.set_title(f"{cls} samples")
-        ax.set_ylim(0, 100)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel("accuracy (%)")
-    axes[0, -1].legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        _class_panel(ax, cls, grid_axis="y")
+    return _finish(fig, axes, title)
 
 
 def plot_alpha_sweep(sweep: pd.DataFrame, standard: pd.DataFrame | None = None,
@@ -80,15 +89,8 @@ def plot_alpha_sweep(sweep: pd.DataFrame, standard: pd.DataFrame | None = None,
                     ax.axhline(float(s["mean"].iloc[0]), ls="--", lw=0.8, color=colours[cond])
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_xlabel("α (Eq. 34)")
-        ax.set_title(f"{cls} samples")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("accuracy (%)")
-    axes[0, -1].legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        _class_panel(ax, cls)
+    return _finish(fig, axes, title)
 
 
 def plot_relevance(tables: dict[str, pd.DataFrame], red_latent: int | None = None, n: int = 8):
