@@ -11,6 +11,7 @@ from open_clip.model import CLIP
 from open_clip.transform import image_transform
 import open_clip
 
+from clipattr_utils.data import TensorImageSet
 from clipattr_utils.head import Head
 from clipattr_utils.models import LoadedCLIP
 
@@ -31,3 +32,14 @@ def tiny_clip(seed: int = 0, image_size: int = 32) -> LoadedCLIP:
     return LoadedCLIP(model=model, preprocess=image_transform(image_size, is_train=False),
                       tokenizer=open_clip.get_tokenizer("ViT-B-32", context_length=16),
                       head=Head.from_model(model), name=f"tiny{image_size}", pretrained=f"seed{seed}")
+
+
+class InterruptAt(TensorImageSet):
+    """Raises KeyboardInterrupt (like Ctrl-C) when image ``at`` is decoded (resume tests)."""
+
+    at = None
+
+    def load_image(self, i):
+        if i == self.at:
+            raise KeyboardInterrupt(f"interrupted at image {i}")
+        return super().load_image(i)

@@ -18,7 +18,7 @@ from clipattr_utils import features
 from clipattr_utils.data import ImageFolder, ImageNetFolder, TensorImageSet
 from clipattr_utils.features import FeatureCache, SkippedImagesWarning
 
-from _tiny import tiny_clip
+from _tiny import InterruptAt, tiny_clip
 
 
 def _reference_tokens(clip, image_set, indices):
@@ -94,23 +94,12 @@ def test_bad_files_are_skipped_and_listed(clip_tiny, tmp_path):
                          progress=False)
 
 
-class _InterruptAt(TensorImageSet):
-    """Raises KeyboardInterrupt (like Ctrl-C) when image ``at`` is decoded."""
-
-    at = None
-
-    def load_image(self, i):
-        if i == self.at:
-            raise KeyboardInterrupt(f"interrupted at image {i}")
-        return super().load_image(i)
-
-
 def test_resume_after_interrupt_equals_uninterrupted(clip_tiny, tmp_path):
     rng = np.random.default_rng(1)
     pics = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(37)]
     whole = features.extract(clip_tiny, TensorImageSet(pics), tmp_path / "a", batch_size=8, num_workers=0,
                              progress=False)
-    broken = _InterruptAt(pics)
+    broken = InterruptAt(pics)
     broken.at = 21
     with pytest.raises(KeyboardInterrupt):
         features.extract(clip_tiny, broken, tmp_path / "b", batch_size=8, num_workers=0, progress=False)
@@ -130,7 +119,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     import numpy as np
     sys.path.insert(0, {tests!r})
-    from _tiny import tiny_clip
+    from _tiny import InterruptAt, tiny_clip
     from clipattr_utils import features
     from clipattr_utils.data import TensorImageSet
 

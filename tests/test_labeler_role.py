@@ -15,6 +15,8 @@ from clipattr_utils.data import TensorImageSet
 from clipattr_utils.models import HeadUnavailableError, RandomWeightsWarning, load_clip
 from clipattr_utils.sandbox import make_dataset
 
+from _tiny import InterruptAt
+
 
 def _reference_embeddings(clip, image_set, indices):
     images = torch.stack([clip.preprocess(image_set.load_image(i)) for i in indices])
@@ -52,21 +54,12 @@ def test_class_token_keys_unchanged_by_the_embedding_option(clip_tiny):
     assert features.cache_key(clip_tiny, images, -1, "fp32", "embedding")["what"] == "embedding"
 
 
-class _InterruptAt(TensorImageSet):
-    at = None
-
-    def load_image(self, i):
-        if i == self.at:
-            raise KeyboardInterrupt(f"interrupted at image {i}")
-        return super().load_image(i)
-
-
 def test_embedding_extraction_resumes_to_the_uninterrupted_result(clip_tiny, tmp_path):
     rng = np.random.default_rng(2)
     pics = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(23)]
     whole = features.extract(clip_tiny, TensorImageSet(pics), tmp_path / "a", batch_size=6, num_workers=0,
                              progress=False, what="embedding")
-    broken = _InterruptAt(pics)
+    broken = InterruptAt(pics)
     broken.at = 14
     with pytest.raises(KeyboardInterrupt):
         features.extract(clip_tiny, broken, tmp_path / "b", batch_size=6, num_workers=0, progress=False,
