@@ -52,11 +52,12 @@ def test_sandbox_vocabulary_covers_every_rendered_value():
     assert set(v.loc[v["attribute"] == "background", "label"]) == set(cap.BACKGROUND_PHRASES.values())
     assert by["text"] == set(world.TYPO_WORDS) | set(world.NEUTRAL_WORDS)
     assert by["watermark"] == {True} and by["tint"] == {True}
-    # colour x object compounds: every pair the world draws (fire trucks only in fire colours)
+    # colour x object compounds: every pair the world draws (fire trucks never in fire colours)
     c = sandbox_vocabulary(colour_objects=True)
     comp = c[c["attribute"] == "colour+object"]
     assert len(comp) == sum(len(world.CLASS_COLOURS.get(o, COLOURS)) for o in world.CLASSNAMES)
-    assert "red fire truck" in set(comp["label"]) and "blue fire truck" not in set(comp["label"])
+    assert "blue fire truck" in set(comp["label"]) and "red fire truck" not in set(comp["label"])
+    assert "red fire" in set(comp["label"]) and "blue fire" not in set(comp["label"])
     assert set(comp.loc[comp["label"] == "red ball", "value"]) == {"red+ball"}
     assert set(comp.loc[comp["label"] == "orange ball", "prompt"]) == {"an orange ball"}
     assert sprite_label("bat_club") == "bat (club)" and sprite_label("fire_truck") == "fire truck"

@@ -326,3 +326,32 @@ def test_lesion_rates_and_shortcut(lesion_table):
     assert (clean["tint"] == 0).all()
     assert sb.make_lesion_dataset(4, diagnosis="melanoma").attributes["label"].eq(1).all()
     assert sb.LESION_CLASSNAMES == ("nevus", "melanoma")
+
+
+def test_lesion_red_hue_is_eq32_red_scaling():
+    """The planted lesion hue is Eq. 32 with delta = -2 x tint: red channel scaled and clipped,
+    green and blue untouched (hand-computed values, then on a rendered lesion)."""
+    px = np.array([[[100, 20, 30], [200, 7, 9], [0, 255, 128]]], dtype=np.uint8)
+    # tint 0.25: x1.5 -> 150, 300 -> 255 (clipped), 0
+    out = np.asarray(render.lesion_red_hue(Image.fromarray(px), 0.25))
+    assert out[0, :, 0].tolist() == [150, 255, 0] and np.array_equal(out[..., 1:], px[..., 1:])
+    # the same operation as the paper's probe (melanoma.hue.red_hue, delta = -0.5)
+    from clipattr_utils.melanoma.hue import red_hue
+
+    assert np.array_equal(out, red_hue(px, -0.5))
+    with pytest.raises(ValueError, match="strength"):
+        render.lesion_red_hue(Image.fromarray(px), 1.5)
+    plain = sb.make_lesion_dataset(3, seed=4, tint=0.0)
+    red = plain.replace(tint=0.4)  # x1.8
+    for i in range(3):
+        a, b = np.asarray(plain.load_image(i)).astype(int), np.asarray(red.load_image(i)).astype(int)
+        assert np.array_equal(a[..., 1:], b[..., 1:])
+        assert np.array_equal(b[..., 0], np.round(np.clip(a[..., 0] / 255 * 1.8, 0, 1) * 255).astype(int))
+
+
+def test_fire_trucks_never_wear_fire_colours(train_table):
+    t = train_table
+    trucks = t[t["object"] == world.COMPOUND_CLASS]
+    fire = t[t["object"] == world.COMPOUND_HEAD]
+    assert len(trucks) > 50 and set(trucks["colour"]).isdisjoint(world.CLASS_COLOURS[world.COMPOUND_HEAD])
+    assert set(fire["colour"]) <= set(world.CLASS_COLOURS[world.COMPOUND_HEAD])

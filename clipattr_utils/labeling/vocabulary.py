@@ -102,7 +102,7 @@ def sandbox_vocabulary(colour_objects: bool = False) -> pd.DataFrame:
     ========== ======================================= =====================================
 
     ``colour_objects=True`` adds every coloured object the world draws ("red ball": attribute
-    ``"colour+object"``, value ``"red+ball"``; fire and fire trucks only in their palette,
+    ``"colour+object"``, value ``"red+ball"``; fire and fire trucks only in their palettes,
     `world.CLASS_COLOURS`), the phrases of the labeler's captions ("a photo of a red ball"):
     a latent whose top images share both a colour and a class can then be named by both.
 

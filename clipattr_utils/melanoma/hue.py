@@ -8,8 +8,9 @@ transformed image; its ``describe()`` and ``fingerprint()`` carry ``delta``, so
 `features.extract` caches every augmented set as a feature set of its own (the backbone runs
 once per set, as for any other images: DESIGN.md, "features first").
 
-This is *not* the sandbox's planted artefact (`sandbox.render.red_tint`, a blend towards a
-pink-red colour); it is the paper's probe of that artefact, applied to any images.
+The sandbox's lesion world plants its red-hue shortcut with the same operation
+(`sandbox.render.lesion_red_hue`: delta = -2 x the record's tint), so on the sandbox the
+paper's probe tests the very artefact the data carries, as the paper assumes of ISIC.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import ImageSet, to_rgb
+from ..sandbox.render import scale_red
 
 MORE_RED = -1.0
 """delta of the paper's "more red" condition (the red channel doubled, then clipped)."""
@@ -48,10 +50,7 @@ def red_hue(image: Image.Image | np.ndarray, delta: float) -> Image.Image | np.n
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"red_hue: expected an (H, W, 3) RGB array, got shape {arr.shape}")
     if arr.dtype == np.uint8:
-        red = arr[..., 0].astype(np.float64) / 255.0
-        out = arr.copy()
-        out[..., 0] = np.round(np.clip(red * (1.0 - delta), 0.0, 1.0) * 255.0).astype(np.uint8)
-        return out
+        return scale_red(arr, 1.0 - delta)
     if not np.issubdtype(arr.dtype, np.floating):
         raise TypeError(f"red_hue: expected uint8 or float pixels, got {arr.dtype}")
     out = arr.copy()

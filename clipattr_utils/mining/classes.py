@@ -36,7 +36,7 @@ class MiningClass:
 # Extended descriptions: words the sandbox captions use (colour words, "animal" is not one,
 # so the senses are told apart by the co-occurring object words of the world).
 _FULL = {"bat_animal": "bat, a flying animal with wings", "bat_club": "bat, a wooden club",
-         "fire truck": "fire truck, a red vehicle"}
+         "fire truck": "fire truck, a big truck"}
 
 
 def sandbox_classes() -> list[MiningClass]:

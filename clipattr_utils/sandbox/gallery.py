@@ -7,7 +7,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .render import red_tint
+from .render import lesion_red_hue
 from .world import (CLASSNAMES, COMPOUND_CLASS, COMPOUND_HEAD, POLYSEMOUS_SPRITES, POLYSEMOUS_WORD,
                     SPURIOUS_BACKGROUND, SPURIOUS_CLASS, TINT_RANGE, make_dataset, make_lesion_dataset)
 
@@ -72,7 +72,7 @@ def mode_grids(n: int = 6, seed: int = 0) -> dict:
         ds = make_lesion_dataset(n // 2 or 1, "test", seed, diagnosis=dx, tint=0.0)
         imgs += [ds.load_image(i) for i in range(len(ds))]
         titles += [dx] * len(ds)
-        imgs += [red_tint(ds.load_image(i), float(np.mean(TINT_RANGE))) for i in range(len(ds))]
+        imgs += [lesion_red_hue(ds.load_image(i), float(np.mean(TINT_RANGE))) for i in range(len(ds))]
         titles += [f"{dx} + red"] * len(ds)
     figs["e"] = image_grid(imgs, titles, ncols=n, title="(e) lesions: red hue is common on nevus in training")
     return figs

@@ -21,7 +21,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-RENDERER_VERSION = "1"
+# 2: fire trucks never in fire colours; the lesion red hue scales the red channel (Eq. 32).
+RENDERER_VERSION = "2"
 
 # Object colours (sprite fill); names are what captions say.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -37,7 +38,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 
 BACKGROUNDS: tuple[str, ...] = ("plain", "stripes", "checker", "noise", "grass", "water", "sand", "brick")
 
-# The pink-red colour that the "red hue" tint blends towards (the benign-lesion artefact).
+# The pink-red colour that the object world's incidental tint blends towards.
 TINT_RGB = (235, 65, 95)
 
 # Skin tones for lesion backgrounds, light to dark.
@@ -322,16 +323,36 @@ def draw_watermark(img: Image.Image, corner: str, px: int) -> Image.Image:
 
 
 def red_tint(img: Image.Image | np.ndarray, strength: float) -> Image.Image:
-    """The sandbox's red/pink hue: blend every pixel towards `TINT_RGB` by `strength` in [0, 1].
-
-    (Not the paper's Eq. 32, which scales the red channel; the melanoma notebook applies
-    Eq. 32 itself. This is the artefact *planted* in the data.)
-    """
+    """The object world's incidental red/pink hue: blend every pixel towards `TINT_RGB` by
+    `strength` in [0, 1]. (The lesion world's planted hue is `lesion_red_hue`.)"""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"red_tint: strength must be in [0, 1], got {strength}")
     arr = np.asarray(img, dtype=np.float32)
     out = (1.0 - strength) * arr + strength * np.asarray(TINT_RGB, dtype=np.float32)
     return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))
+
+
+def scale_red(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """uint8 (H, W, 3) pixels with the red channel times ``factor``, clipped to [0, 255] and
+    rounded: the paper's Eq. 32 with ``factor = 1 - delta`` (`melanoma.hue.red_hue`)."""
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"scale_red: expected uint8 (H, W, 3) pixels, got {arr.dtype} {arr.shape}")
+    out = arr.copy()
+    out[..., 0] = np.round(np.clip(arr[..., 0].astype(np.float64) / 255.0 * float(factor), 0.0, 1.0)
+                           * 255.0).astype(np.uint8)
+    return out
+
+
+def lesion_red_hue(img: Image.Image, strength: float) -> Image.Image:
+    """The lesion world's planted red hue: the red channel times ``1 + 2 * strength`` (Eq. 32
+    with delta = -2 * strength; the world's strengths 0.25-0.45 give x1.5-x1.9, the paper's
+    "more red" test condition is x2). Planted as the same operation the paper tests with, so
+    Eq. 33's latent direction and Eq. 32's image edit move the class token the same way (a
+    blend towards pink, renderer version 1, moved it at cosine 0.56 to Eq. 32's shift)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"lesion_red_hue: strength must be in [0, 1], got {strength}")
+    return Image.fromarray(scale_red(np.asarray(img.convert("RGB")), 1.0 + 2.0 * float(strength)))
 
 
 def _finish(big: Image.Image, size: int) -> Image.Image:
@@ -428,5 +449,5 @@ def render_lesion(rec: Mapping, size: int = 64) -> Image.Image:
     img = _finish(canvas, size)
     tint = float(rec.get("tint", 0.0) or 0.0)
     if tint > 0:
-        img = red_tint(img, tint)
+        img = lesion_red_hue(img, tint)
     return img

@@ -226,18 +226,31 @@ class Compound(NamedTuple):
     mean_score_head: float
     mean_score_others: float
     n_per_group: int
+    flame_shift: float = float("nan")
+    """Mean over other-class images of P(compound | the image with the flame drawn beside its
+    object) - P(compound | the same image without it); P as in `Typography.mean_shift`. The
+    visual half of the mode: the uncaptioned flame beside fire trucks ties fire to the compound."""
+    flame_auc: float = float("nan")
+    """AUROC of P(compound): those images with the flame vs the same images without it."""
 
 
 def compound_noun(clip, n_per_group: int = 60, seed: int = 0, compound: str = COMPOUND_CLASS,
                   head: str = COMPOUND_HEAD) -> Compound:
-    """Mode (d): "a photo of a fire truck" vs images of fire and of everything else."""
+    """Mode (d): "a photo of a fire truck" vs images of fire and of everything else, and the
+    same other-class images with the flame beside their object."""
     others = [c for c in CLASSNAMES if c not in (compound, head)]
     d_c = make_dataset(n_per_group, EVAL_SPLIT, seed, clean=True, objects=[compound])
     d_h = make_dataset(n_per_group, EVAL_SPLIT, seed + 1, clean=True, objects=[head])
     d_o = make_dataset(n_per_group, EVAL_SPLIT, seed + 2, clean=True, objects=others)
     s_c, s_h, s_o = (prompt_scores(clip, d, [compound])[:, 0] for d in (d_c, d_h, d_o))
+    # The same other-class images with the flame beside the object (paired, as for words).
+    scale = float(clip.model.logit_scale.detach().exp())
+    j = CLASSNAMES.index(compound)
+    p_plain, p_flame = (torch.softmax(torch.from_numpy(prompt_scores(clip, d, CLASSNAMES)) * scale, dim=1)[:, j].numpy()
+                        for d in (d_o, d_o.with_companion()))
     return Compound(_auroc(s_h, s_o), _auroc(s_c, s_h), _auroc(s_c, s_o), float(s_c.mean()),
-                    float(s_h.mean()), float(s_o.mean()), int(n_per_group))
+                    float(s_h.mean()), float(s_o.mean()), int(n_per_group), float((p_flame - p_plain).mean()),
+                    _auroc(p_flame, p_plain))
 
 
 class LesionRedHue(NamedTuple):
@@ -353,7 +366,7 @@ CRITERIA = {
     "spurious": "auc_valid - auc_spurious >= 0.10",
     "typography": "mean shift of P(Y) > 0 and its AUROC >= 0.70",
     "polysemy": "every sprite's auc >= 0.90",
-    "compound": "auc_head_vs_others >= 0.70 (head-word images outrank other non-class images)",
+    "compound": "flame_shift >= 0.10 (a flame beside another object raises P(fire truck))",
     "lesion": "probe drop_melanoma >= 10 points and zero-shot P(melanoma) falls by >= 0.2 with the hue",
 }
 
@@ -372,10 +385,11 @@ def summary(m: dict):
          m["typography"]["mean_shift"] > 0 and m["typography"]["auc"] >= 0.7),
         ("(c) polysemy", ", ".join(f"{k} AUROC {v:.3f}" for k, v in m["polysemy"]["auc_per_sprite"].items()),
          min(m["polysemy"]["auc_per_sprite"].values()) >= 0.9),
-        ("(d) compound", f"'{COMPOUND_CLASS}' prompt: {COMPOUND_HEAD} vs others AUROC "
+        ("(d) compound", f"'{COMPOUND_CLASS}' prompt: P shift with a flame beside other objects "
+                         f"{m['compound'].get('flame_shift', float('nan')):+.3f}; {COMPOUND_HEAD} vs others AUROC "
                          f"{m['compound']['auc_head_vs_others']:.3f}; vs {COMPOUND_HEAD} "
                          f"{m['compound']['auc_spurious']:.3f} / vs others {m['compound']['auc_valid']:.3f}",
-         m["compound"]["auc_head_vs_others"] >= 0.7),
+         m["compound"].get("flame_shift", float("nan")) >= 0.1),
         ("(e) lesion red hue", f"probe melanoma acc {100 * m['lesion']['acc_melanoma']:.1f} -> "
                                f"{100 * m['lesion']['acc_melanoma_red']:.1f} (drop {m['lesion']['drop_melanoma']:.1f}"
                                f" +- {m['lesion']['sem_melanoma']:.1f} pts)" + (

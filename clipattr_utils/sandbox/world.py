@@ -5,7 +5,7 @@ Two worlds share one renderer:
 - the **object world** (`make_dataset`): `CLASSNAMES` sprites on textured backgrounds, with
   optional rendered words, a corner watermark and a red-hue tint, captioned like alt-text;
 - the **lesion world** (`make_lesion_dataset`): "nevus" vs "melanoma" blobs on skin, with a
-  red/pink hue far more common on the benign class (the paper's Sec. 5.4 case).
+  red hue (the red channel scaled, as in Eq. 32) far more common on the benign class (Sec. 5.4).
 
 Planted failure modes in the *training* distribution (the paper's Sec. 5.3 / App. D modes):
 
@@ -19,9 +19,12 @@ Planted failure modes in the *training* distribution (the paper's Sec. 5.3 / App
 (c) polysemy: `POLYSEMOUS_WORD` captions two unrelated sprites (`POLYSEMOUS_SPRITES`), 50/50.
 (d) compound noun: `COMPOUND_CLASS` ("fire truck") is a class whose first word,
     `COMPOUND_HEAD` ("fire"), is a class of its own; the compound is drawn with relative
-    weight `COMPOUND_CLASS_WEIGHT` (rarer than its head word), in fire colours, and with an
-    uncaptioned small flame beside it in `COMPOUND_COMPANION_RATE` of its images.
-(e) lesion red hue: `LESION_TINT_RATE[d]` of the images of diagnosis d carry the red tint.
+    weight `COMPOUND_CLASS_WEIGHT` (rarer than its head word), never in fire colours, and
+    with an uncaptioned small flame beside it in `COMPOUND_COMPANION_RATE` of its images: the
+    flame is the only fire a fire truck ever shows, so a fire-like component that drives the
+    "fire truck" prompt on other images is not part of what the class looks like.
+(e) lesion red hue: `LESION_TINT_RATE[d]` of the images of diagnosis d carry the red hue,
+    drawn as the paper's Eq. 32 red-channel scaling (`render.scale_red`), not as a blend.
 
 The test split is drawn *clean* by default (uniform backgrounds, no words, no watermark, no
 tint); ``clean=False`` draws it from the training distribution instead.
@@ -75,9 +78,11 @@ POLYSEMOUS_WORD = "bat"
 POLYSEMOUS_SPRITES: tuple[str, ...] = CLASS_SPRITES[POLYSEMOUS_WORD]
 # (d) compound noun. The compound class is rarer than the others in training (relative
 # weight COMPOUND_CLASS_WEIGHT; uniform = 1), as compounds are rarer than their head word
-# on the web; fire trucks come in fire colours, and in COMPOUND_COMPANION_RATE of their
-# training images a small flame (the head word's sprite) burns beside them, never captioned
-# (fire trucks are photographed at fires).
+# on the web; in COMPOUND_COMPANION_RATE of their training images a small flame (the head
+# word's sprite) burns beside them, never captioned (fire trucks are photographed at fires).
+# Fire trucks are painted in colours fire never has (CLASS_COLOURS): in renderer version 1
+# they came in fire colours, so fire-like latents were *expected* on the class's own images
+# and failure mining could not single out the flame (z ~ 1.7; session notes of issue 11).
 COMPOUND_CLASS = "fire truck"
 COMPOUND_HEAD = "fire"
 COMPOUND_CLASS_WEIGHT = 0.4
@@ -90,9 +95,9 @@ TINT_RANGE = (0.25, 0.45)
 MELANOMA_RATE = 0.5
 LESION_TINT_RATE: dict[str, float] = {"nevus": 0.5, "melanoma": 0.05}
 
-# Fire and fire trucks are drawn in fire colours only; everything else in any colour.
+# Fire is drawn in fire colours only, fire trucks never in them; everything else in any colour.
 CLASS_COLOURS: dict[str, tuple[str, ...]] = {"fire": ("red", "orange", "yellow"),
-                                             "fire truck": ("red", "orange", "yellow")}
+                                             "fire truck": ("green", "blue", "purple", "white", "black")}
 
 SPLITS = {"train": 0, "test": 1, "val": 2}
 
@@ -149,6 +154,15 @@ def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     bad = [v for v in values if v not in allowed]
     if bad or not values:
         raise ValueError(f"{name}: {bad or value!r} not allowed; choose from {list(allowed)}")
+
+
+def _place_companion(cx: float, cy: float, scale: float) -> tuple[float, float, float, float]:
+    """(object scale, companion cx, cy, scale): a small companion at the object's upper right,
+    the object shrunk to make room."""
+    scale *= 0.8
+    cscale = 0.13
+    return (scale, float(np.clip(cx + 0.55 * scale, cscale, 1 - cscale)),
+            float(np.clip(cy - 0.75 * scale, cscale, 1 - cscale)), cscale)
 
 
 def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects: Sequence[str],
@@ -215,11 +229,8 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
     else:
         burning = False
     if burning:
-        scale *= 0.8
-        cscale = 0.13
         companion = CLASS_SPRITES[COMPOUND_HEAD][0]
-        ccx = float(np.clip(cx + 0.55 * scale, cscale, 1 - cscale))
-        ccy = float(np.clip(cy - 0.75 * scale, cscale, 1 - cscale))
+        scale, ccx, ccy, cscale = _place_companion(cx, cy, scale)
     word_only = bool(rng.random() < recipe.word_only_caption_rate)
     rec = {
         "object": obj, "label": CLASSNAMES.index(obj), "sprite": spr, "colour": colour, "background": bg,
@@ -389,6 +400,25 @@ class SandboxImageSet(ImageSet):
         return SandboxImageSet(self.world, table, {**self.recipe, "edits": edits}, self.size)
 
 
+    def with_companion(self) -> "SandboxImageSet":
+        """A copy in which every object image has the compound's flame beside its object,
+        placed as the world places it (object shrunk, flame at its upper right); rows that
+        already have it are unchanged. Everything else about each image stays (a paired
+        control, as `make_dataset(text=...)` is for words)."""
+        if self.world != "objects":
+            raise ValueError("with_companion: only object-world image sets have companions")
+        table = self._table.copy()
+        flame = CLASS_SPRITES[COMPOUND_HEAD][0]
+        for i, r in enumerate(self._records):
+            if r["companion"]:
+                continue
+            scale, ccx, ccy, cscale = _place_companion(float(r["cx"]), float(r["cy"]), float(r["scale"]))
+            table.loc[i, ["companion", "scale", "companion_cx", "companion_cy", "companion_scale"]] = \
+                [flame, scale, ccx, ccy, cscale]
+        edits = list(self.recipe.get("edits", [])) + [{"companion": flame}]
+        return SandboxImageSet(self.world, table, {**self.recipe, "edits": edits}, self.size)
+
+
 def _validate_common(n: int, split: str, size: int) -> None:
     if int(n) < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -477,11 +507,11 @@ def planted_modes_table() -> pd.DataFrame:
         ("(c) polysemy", f"'{POLYSEMOUS_WORD}' captions sprites {', '.join(POLYSEMOUS_SPRITES)}",
          "each sprite 1/2 of the class"),
         ("(d) compound noun", f"class '{COMPOUND_CLASS}' vs class '{COMPOUND_HEAD}'; uncaptioned flame beside "
-                              f"fire trucks",
+                              f"fire trucks, which never wear fire's colours",
          f"'{COMPOUND_CLASS}' drawn with relative weight {COMPOUND_CLASS_WEIGHT} "
          f"(P = {COMPOUND_CLASS_WEIGHT / (len(CLASSNAMES) - 1 + COMPOUND_CLASS_WEIGHT):.3f}), "
          f"other classes 1 each; P(flame | {COMPOUND_CLASS}) = {COMPOUND_COMPANION_RATE}"),
-        ("(e) lesion red hue", "red/pink tint, never captioned",
+        ("(e) lesion red hue", "red channel x (1 + 2 tint), tint 0.25-0.45 (Eq. 32 with delta = -2 tint), never captioned",
          f"P(tint | nevus) = {LESION_TINT_RATE['nevus']}, P(tint | melanoma) = {LESION_TINT_RATE['melanoma']}"),
         ("incidental", "corner watermark / red tint on objects, never captioned, class-independent",
          f"P(watermark) = {WATERMARK_RATE}, P(tint) = {TINT_RATE}"),
