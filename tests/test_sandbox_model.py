@@ -8,42 +8,47 @@ CLIP for each torch seed in `RANDOM_INIT_SEEDS`, so each test is shown to fail o
 that has not learned its mode. `test_record_scores_reproduce` only checks that the record's
 headline number reproduces; the evidence for the modes is the seeded checks below.
 
-Where the thresholds come from. Each value was measured at the counts in `N` on image seeds
-5, 11, 23, 31 and 47 (none used by the record), and at 3x those counts on seeds 5, 11, 23 to
-see the noise shrink. Margin rule: threshold = (min over the five seeds) - 3 SE, rounded down
-to 0.01, where SE is the larger of the seed-to-seed SD (s) and the sampling SE at these counts:
-binomial (b), Hanley-McNeil for an AUROC (h), the paired SEM `sem_melanoma` (p). For the gap of
-(a) the SE is the seed SD: Hanley-McNeil treats the two AUROCs as independent, but they share
-the boat images (seed SD 0.015 at 1x, 0.008 at 3x; the formula gives 0.032). "random-init" is
-the range over torch seeds 0 and 1 x the five image seeds (10 runs): every check fails on all
-10, and each criterion marked * fails on all 10 on its own (the (a) gap and the probe criteria
-of (e) do not, hence the extra criteria). The thresholds belong to the shipped weights:
-retraining the sandbox CLIP means measuring again.
+Where the thresholds come from (`python tests/_measure_thresholds.py`, which prints this
+table; measured 2026-11-26 on the renderer-version-2 weights). Each value was measured at the
+counts in `N` on image seeds 5, 11, 23, 31 and 47 (none used by the record). Margin rule:
+threshold = (min over the five seeds) - 3 SE, rounded down to 0.01 (to 1 for points), where SE
+is the larger of the seed-to-seed SD (s) and the sampling SE at these counts: binomial (b), two
+binomials at p = 1/2 (b2), Hanley-McNeil for an AUROC (h), the paired SEM `sem_melanoma` (p).
+One exception: frac_higher is 1.000 on every seed, where the binomial SE is 0, so it keeps 0.95
+(one pair in 20 may fall). "random-init" is the range over torch seeds 0 and 1 x the five image
+seeds (10 runs): every check fails on all 10, and each criterion marked * fails on all 10 on its
+own (the (a) gap and the probe criteria of (e) do not, hence the extra criteria). The thresholds
+belong to the shipped weights: retraining the sandbox CLIP means measuring again.
 
-criterion                                  shipped, 5 seeds     3x counts    threshold            random-init
-                                           min-max (SD)                      (SE, source)         (10 runs)
-zero-shot top-1 (12 classes, 360 images)   0.925-0.939 (0.006)  0.928-0.935  0.88 (0.013 b) *     0.05-0.13
-(a) auc_valid                              0.973-0.991 (0.006)  0.972-0.981  0.94 (0.009 h) *     0.44-0.62
-(a) auc_valid - auc_spurious               0.167-0.206 (0.015)  0.195-0.211  0.12 (0.015 s)       -0.16-+0.53
-(a) score: non-boat on water - elsewhere   0.146-0.161 (0.006)  0.148-0.151  0.12 (0.006 s) *     -0.01-+0.10
-(b) mean_shift of zero-shot P(Y)           0.636-0.713 (0.032)  0.658-0.711  0.53 (0.032 s) *     -0.001-+0.003
-(b) frac_higher (64 pairs)                 1.000-1.000 (0)      1.000        0.95 (0.016 b) *     0.36-0.66
-(b) auc                                    0.978-0.997 (0.010)  0.986-0.997  0.94 (0.011 h) *     0.48-0.51
-(c) min over sprites of auc                0.984-0.995 (0.004)  0.992-0.995  0.94 (0.012 h) *     0.39-0.62
-(c) min over sprites of top-1 = "bat"      0.883-0.950 (0.026)  0.928-0.939  0.77 (0.036 b) *     0.00-0.05
-(c) min sprite mean score - others         0.340-0.432 (0.033)  0.367-0.391  0.24 (0.033 s) *     -0.02-+0.01
-(d) auc_head_vs_others                     0.763-0.882 (0.047)  0.816-0.836  0.62 (0.047 s) *     0.28-0.52
-(d) auc_valid (fire truck vs others)       1.000-1.000 (0)      1.000        0.98 (0.006 h) *     0.32-0.55
-(d) mean score: fire truck - fire          0.330-0.335 (0.002)  0.332-0.336  0.32 (0.002 s) *     -0.00-+0.02
-(d) mean score: fire - others              0.091-0.120 (0.011)  0.100-0.120  0.05 (0.011 s) *     -0.02-+0.00
-(e) probe drop_melanoma (points)           65.0-72.0 (2.6)      65.0-69.3    50 (4.8 p)           71-91
-(e) probe acc_melanoma (untinted)          0.830-0.910 (0.031)  0.857-0.867  0.73 (0.032 b)       0.82-0.91
-(e) probe acc_nevus_red - acc_nevus        0.370-0.480 (0.045)  0.370-0.433  0.20 (0.054 b)       0.44-0.70
-(e) zero-shot drop of P(melanoma), red hue 0.414-0.427 (0.005)  0.413-0.422  0.39 (0.005 s) *     -0.05-+0.06
-(e) zero-shot auc_diagnosis                0.810-0.837 (0.013)  0.824-0.841  0.72 (0.030 h) *     0.26-0.70
-labeler background top-1 (8, 240 images)  0.904-0.963 (0.023)  0.947 (s. 5) 0.83 (0.023 s) *     0.12-0.17
-labeler background top-1 - explained's    0.775-0.804 (0.012)  -            0.69 (0.028 b) *     -0.01-+0.04
-labeler object top-1 (240 images)          0.742-0.779 (0.014)  0.746 (s. 5) 0.65 (0.028 b) *     0.05-0.13
+criterion                                       shipped, 5 seeds      threshold          random-init
+                                                min-max (SD)          (SE, source)       (10 runs)
+zero-shot top-1 (12 classes, 360 images)        0.919-0.936 (0.006)   0.87 (0.014 b) *   0.05-0.13
+(a) auc_valid                                   0.973-0.985 (0.005)   0.94 (0.010 h) *   0.43-0.61
+(a) auc_valid - auc_spurious                    0.182-0.264 (0.029)   0.09 (0.029 s)     -0.17-+0.52
+(a) score: non-boat on water - elsewhere        0.136-0.155 (0.007)   0.11 (0.007 s) *   -0.01-+0.10
+(b) mean_shift of zero-shot P(Y)                0.788-0.860 (0.027)   0.70 (0.027 s) *   -0.001-+0.003
+(b) frac_higher (64 pairs)                      1.000-1.000 (0)       0.95 (see above) * 0.34-0.66
+(b) auc                                         0.993-1.000 (0.003)   0.97 (0.005 h) *   0.48-0.51
+(c) min over sprites of auc                     0.991-1.000 (0.003)   0.97 (0.006 h) *   0.38-0.62
+(c) min over sprites of top-1 = "bat"           0.917-0.933 (0.007)   0.81 (0.033 b) *   0.00-0.05
+(c) min sprite mean score - others              0.317-0.410 (0.034)   0.21 (0.034 s) *   -0.02-+0.01
+(d) flame_shift: P(fire truck) with a flame     0.294-0.379 (0.033)   0.19 (0.033 s) *   -0.001-+0.001
+    beside another object minus without
+(d) flame_auc (same images, paired)             0.801-0.861 (0.023)   0.72 (0.026 h) *   0.46-0.54
+(d) auc_valid (fire truck vs others)            0.995-0.999 (0.002)   0.98 (0.004 h) *   0.50-0.63
+(d) mean score: fire truck - fire               0.340-0.353 (0.006)   0.32 (0.006 s) *   +0.01-+0.02
+(e) probe drop_melanoma (points)                56.0-62.0 (2.3)       41 (5.0 p)         48-67
+(e) probe acc_melanoma (untinted)               0.840-0.910 (0.026)   0.74 (0.033 b)     0.76-0.89
+(e) probe acc_nevus_red - acc_nevus             0.350-0.460 (0.043)   0.13 (0.071 b2)    0.38-0.49
+(e) zero-shot drop of P(melanoma), red hue      0.406-0.425 (0.008)   0.38 (0.008 s) *   -0.05-+0.04
+(e) zero-shot auc_diagnosis                     0.805-0.839 (0.014)   0.71 (0.029 h) *   0.26-0.70
+labeler background top-1 (8, 240 images)       0.933-0.971 (0.015)   0.88 (0.015 s) *   0.11-0.18
+labeler background top-1 - explained's          0.792-0.854 (0.027)   0.71 (0.027 s) *   -0.02-+0.06
+labeler object top-1 (240 images)               0.746-0.792 (0.018)   0.66 (0.028 b) *   0.05-0.13
+
+(d) no longer requires the text-side pull of fire images on the "fire truck" prompt
+(auc_head_vs_others): since fire trucks stopped wearing fire colours it sits at 0.55-0.59
+(renderer version 1: 0.76-0.88); the mode lives in the flame beside the trucks.
 
 The probe half of (e) (`shortcuts.lesion_red_hue`, the paper's Sec. 5.4 measurement) does not
 tell a trained CLIP from an untrained one: the probe learns the red hue from its own
@@ -109,28 +114,28 @@ def record():
 # SE sources: "b" binomial at n, "b2" difference of two binomials at n each, "h"
 # Hanley-McNeil at (n_pos, n_neg), "p" the measurement's own paired SEM, "s" seed SD only.
 CRITERIA: list[tuple[str, str, float, str, tuple[int, ...]]] = [
-    ("zero_shot", "top-1", 0.88, "b", (N["zero_shot"],)),
+    ("zero_shot", "top-1", 0.87, "b", (N["zero_shot"],)),
     ("spurious", "auc_valid", 0.94, "h", (N["spurious"], N["spurious"])),
-    ("spurious", "auc_valid - auc_spurious", 0.12, "s", ()),
-    ("spurious", "mean_score_spurious - mean_score_valid", 0.12, "s", ()),
-    ("typography", "mean_shift", 0.53, "s", ()),
+    ("spurious", "auc_valid - auc_spurious", 0.09, "s", ()),
+    ("spurious", "mean_score_spurious - mean_score_valid", 0.11, "s", ()),
+    ("typography", "mean_shift", 0.70, "s", ()),
     ("typography", "frac_higher", 0.95, "b", (4 * N["typography"],)),
-    ("typography", "auc", 0.94, "h", (4 * N["typography"], 4 * N["typography"])),
-    ("polysemy", "min auc over sprites", 0.94, "h", (N["polysemy"], N["polysemy"])),
-    ("polysemy", "min top-1 over sprites", 0.77, "b", (N["polysemy"],)),
-    ("polysemy", "min sprite mean score - mean_score_others", 0.24, "s", ()),
-    ("compound", "flame_shift", 0.10, "s", ()),
-    ("compound", "flame_auc", 0.70, "h", (N["compound"], N["compound"])),
+    ("typography", "auc", 0.97, "h", (4 * N["typography"], 4 * N["typography"])),
+    ("polysemy", "min auc over sprites", 0.97, "h", (N["polysemy"], N["polysemy"])),
+    ("polysemy", "min top-1 over sprites", 0.81, "b", (N["polysemy"],)),
+    ("polysemy", "min sprite mean score - mean_score_others", 0.21, "s", ()),
+    ("compound", "flame_shift", 0.19, "s", ()),
+    ("compound", "flame_auc", 0.72, "h", (N["compound"], N["compound"])),
     ("compound", "auc_valid", 0.98, "h", (N["compound"], N["compound"])),
     ("compound", "mean_score_compound - mean_score_head", 0.32, "s", ()),
-    ("lesion", "probe drop_melanoma (points)", 50.0, "p", ()),
-    ("lesion", "probe acc_melanoma", 0.73, "b", (N["lesion_test"],)),
-    ("lesion", "probe acc_nevus_red - acc_nevus", 0.2, "b2", (N["lesion_test"],)),
-    ("lesion", "zero-shot drop of P(melanoma) with the red hue", 0.39, "s", ()),
-    ("lesion", "zero-shot auc_diagnosis", 0.72, "h", (N["lesion_test"], N["lesion_test"])),
-    ("labeler", "background top-1", 0.83, "s", ()),
-    ("labeler", "background top-1 - the explained model's", 0.69, "b", (N["background"],)),
-    ("labeler", "object top-1", 0.65, "b", (N["labeler_zero_shot"],)),
+    ("lesion", "probe drop_melanoma (points)", 41.0, "p", ()),
+    ("lesion", "probe acc_melanoma", 0.74, "b", (N["lesion_test"],)),
+    ("lesion", "probe acc_nevus_red - acc_nevus", 0.13, "b2", (N["lesion_test"],)),
+    ("lesion", "zero-shot drop of P(melanoma) with the red hue", 0.38, "s", ()),
+    ("lesion", "zero-shot auc_diagnosis", 0.71, "h", (N["lesion_test"], N["lesion_test"])),
+    ("labeler", "background top-1", 0.88, "s", ()),
+    ("labeler", "background top-1 - the explained model's", 0.71, "b", (N["background"],)),
+    ("labeler", "object top-1", 0.66, "b", (N["labeler_zero_shot"],)),
 ]
 THRESHOLD = {(mode, name): thr for mode, name, thr, _, _ in CRITERIA}
 

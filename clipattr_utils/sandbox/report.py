@@ -40,6 +40,8 @@ def _model_section(rec: dict, title: str) -> str:
            f"(wall clock, {rec['machine']['torch_threads']} torch thread(s), {rec['machine']['device']}; "
            f"process CPU time {t.get('cpu_process_total', float('nan')) / 60:.1f} min)",
            ""]
+    if rec.get("record_rebuilt"):
+        out[-1:] = [f"- record rebuilt: {rec['record_rebuilt']}", ""]
     if s:
         table = summary(s)
         out += ["| mode | measured | criterion | shown |", "|---|---|---|---|"]
