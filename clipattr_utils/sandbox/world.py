@@ -82,7 +82,7 @@ POLYSEMOUS_SPRITES: tuple[str, ...] = CLASS_SPRITES[POLYSEMOUS_WORD]
 # word's sprite) burns beside them, never captioned (fire trucks are photographed at fires).
 # Fire trucks are painted in colours fire never has (CLASS_COLOURS): in renderer version 1
 # they came in fire colours, so fire-like latents were *expected* on the class's own images
-# and failure mining could not single out the flame (z ~ 1.7; session notes of issue 11).
+# and failure mining could not single out the flame (its z-score reached only ~1.7).
 COMPOUND_CLASS = "fire truck"
 COMPOUND_HEAD = "fire"
 COMPOUND_CLASS_WEIGHT = 0.4
