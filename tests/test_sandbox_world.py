@@ -355,3 +355,22 @@ def test_fire_trucks_never_wear_fire_colours(train_table):
     fire = t[t["object"] == world.COMPOUND_HEAD]
     assert len(trucks) > 50 and set(trucks["colour"]).isdisjoint(world.CLASS_COLOURS[world.COMPOUND_HEAD])
     assert set(fire["colour"]) <= set(world.CLASS_COLOURS[world.COMPOUND_HEAD])
+
+
+def test_with_companion_draws_the_flame_and_keeps_the_rest():
+    d = sb.make_dataset(6, "test", seed=3, clean=True, objects=["car", "ball"])
+    f = d.with_companion()
+    a, b = d.attributes, f.attributes
+    assert (b["companion"] == render.CLASS_SPRITES[world.COMPOUND_HEAD][0]).all() and (a["companion"] == "").all()
+    # placed as the world places it: the object shrunk by 0.8, the flame at its upper right
+    assert np.allclose(b["scale"], 0.8 * a["scale"]) and (b["companion_cx"] > a["cx"]).all()
+    assert (b["companion_cy"] < a["cy"]).all()
+    same = [c for c in world.OBJECT_FIELDS if c not in ("companion", "scale", "companion_cx", "companion_cy",
+                                                          "companion_scale")]
+    assert a[same].equals(b[same])
+    assert f.fingerprint() != d.fingerprint() and f.with_companion().attributes.equals(b)  # idempotent
+    for i in range(len(d)):  # orange flame pixels appear
+        px = np.asarray(f.load_image(i)).astype(int) - np.asarray(d.load_image(i)).astype(int)
+        assert np.abs(px).sum() > 0
+    with pytest.raises(ValueError, match="object-world"):
+        sb.make_lesion_dataset(2).with_companion()
