@@ -161,6 +161,10 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     if cfg.n_objects < 1 or cfg.n_lesions < 0 or cfg.batch_size < 2:
         raise ValueError(f"need n_objects >= 1, n_lesions >= 0, batch_size >= 2 (got {cfg.n_objects}, "
                          f"{cfg.n_lesions}, {cfg.batch_size})")
+    # Imported before training starts: the final evaluation then runs the measuring code as
+    # it was at launch, not whatever an edit made of it during a half-hour run.
+    from .shortcuts import measure_all
+
     t_start = time.time()
     cpu_start = time.process_time()
     if cfg.threads:
@@ -246,8 +250,6 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     scores: dict[str, Any] = {}
     t_eval = 0.0
     if cfg.eval != "none":
-        from .shortcuts import measure_all
-
         t0 = time.time()
         clip = load_sandbox(cfg.name, out, device=str(device))
         sizes = {} if cfg.eval == "full" else dict(n_zero_shot=150, n_per_group=30, n_per_word=4,
