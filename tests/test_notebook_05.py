@@ -28,6 +28,9 @@ def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     pool_kwargs = json.loads((out / "pool.json").read_text())
+    # the investigation splits the reliance along / across u (robust probe at the largest alpha)
+    rel = summary["investigation"]["reliance"]
+    assert [r["probe"] for r in rel] == ["standard", "robust"] and rel[1]["alpha"] == 2.0
     for key in ("red_latent", "red_latent_rank", "red_latent_top_samples", "accuracy", "clean_cost"):
         assert key in summary, key
     assert set(pool_kwargs) == {"pool", "pool_tinted", "sae_train"} and pool_kwargs["pool"]["seed"] == 3

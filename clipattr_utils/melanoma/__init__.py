@@ -21,7 +21,7 @@ Modules, in the order of the flow:
 * `sets`: the sandbox / ISIC image sets and their provenance; `plots`: Fig. 6 and Fig. 15.
 """
 
-from . import direction, experiment, hue, plots, probe, sets
+from . import direction, experiment, hue, plots, probe, reliance, sets
 from .direction import PAPER_STD, Direction, dense_activation, latent_augment, red_direction, thresholds
 from .experiment import (CLASSES, CaseConfig, CaseData, CaseResult, RedLatent, Split, build_summary, choose_alpha,
                          choose_direction, red_candidates, validation_parts,
@@ -31,10 +31,11 @@ from .experiment import (CLASSES, CaseConfig, CaseData, CaseResult, RedLatent, S
 from .hue import CONDITIONS, LESS_RED, MORE_RED, RedHueImageSet, condition_features, condition_sets, red_hue
 from .plots import plot_accuracy, plot_alpha_sweep, plot_relevance
 from .probe import class_accuracy, class_relevance, embed, fit_probe, probe_relevance, rank_of, relevance_of
+from .reliance import reliance_report, reliance_split
 from .sets import isic_pool, make_sets, sandbox_recipes
 
 __all__ = [
-    "direction", "experiment", "hue", "plots", "probe", "sets",
+    "direction", "experiment", "hue", "plots", "probe", "reliance", "sets", "reliance_split", "reliance_report",
     "red_hue", "RedHueImageSet", "condition_sets", "condition_features", "CONDITIONS", "MORE_RED", "LESS_RED",
     "embed", "fit_probe", "class_accuracy", "probe_relevance", "class_relevance", "rank_of", "relevance_of",
     "Direction", "PAPER_STD", "dense_activation", "thresholds", "red_direction", "latent_augment",
