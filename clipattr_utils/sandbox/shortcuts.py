@@ -62,6 +62,12 @@ def prompt_scores(clip, image_set, classes: Sequence[str], template: str = PROMP
     return (img @ txt.T).numpy()
 
 
+def zero_shot_probs(clip, scores: np.ndarray) -> np.ndarray:
+    """(N, C) zero-shot class probabilities from (N, C) cosines: softmax at the model's logit scale."""
+    scale = float(clip.model.logit_scale.detach().exp())
+    return torch.softmax(torch.from_numpy(np.asarray(scores)) * scale, dim=1).numpy()
+
+
 def _auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     if len(pos) == 0 or len(neg) == 0:
         raise ValueError(f"AUROC needs both groups non-empty (got {len(pos)} positives, {len(neg)} negatives)")
@@ -164,7 +170,6 @@ class Typography(NamedTuple):
 def typography(clip, n_per_word: int = 16, seed: int = 0, words: Sequence[str] = TYPO_WORDS) -> Typography:
     """Mode (b). For each class word Y: images of other classes carrying the word Y, and the
     same draws (same seed: same objects, colours, backgrounds) without any word."""
-    scale = float(clip.model.logit_scale.detach().exp())
     shifts, cos_shifts, pos, neg, hijack, per_word = [], [], [], [], [], {}
     for k, word in enumerate(words):
         others = [c for c in CLASSNAMES if c != word]
@@ -172,7 +177,7 @@ def typography(clip, n_per_word: int = 16, seed: int = 0, words: Sequence[str] =
         clean = make_dataset(n_per_word, EVAL_SPLIT, seed + k, clean=True, objects=others, text="")
         s_w = prompt_scores(clip, with_word, CLASSNAMES)
         s_c = prompt_scores(clip, clean, CLASSNAMES)
-        p_w, p_c = (torch.softmax(torch.from_numpy(s) * scale, dim=1).numpy() for s in (s_w, s_c))
+        p_w, p_c = zero_shot_probs(clip, s_w), zero_shot_probs(clip, s_c)
         j = CLASSNAMES.index(word)
         d = p_w[:, j] - p_c[:, j]
         shifts.append(d)
@@ -242,12 +247,13 @@ def compound_noun(clip, n_per_group: int = 60, seed: int = 0, compound: str = CO
     d_c = make_dataset(n_per_group, EVAL_SPLIT, seed, clean=True, objects=[compound])
     d_h = make_dataset(n_per_group, EVAL_SPLIT, seed + 1, clean=True, objects=[head])
     d_o = make_dataset(n_per_group, EVAL_SPLIT, seed + 2, clean=True, objects=others)
-    s_c, s_h, s_o = (prompt_scores(clip, d, [compound])[:, 0] for d in (d_c, d_h, d_o))
-    # The same other-class images with the flame beside the object (paired, as for words).
-    scale = float(clip.model.logit_scale.detach().exp())
     j = CLASSNAMES.index(compound)
-    p_plain, p_flame = (torch.softmax(torch.from_numpy(prompt_scores(clip, d, CLASSNAMES)) * scale, dim=1)[:, j].numpy()
-                        for d in (d_o, d_o.with_companion()))
+    all_o = prompt_scores(clip, d_o, CLASSNAMES)  # every prompt, for P(compound) below
+    s_c, s_h = (prompt_scores(clip, d, [compound])[:, 0] for d in (d_c, d_h))
+    s_o = all_o[:, j]
+    # The same other-class images with the flame beside the object (paired, as for words).
+    p_plain = zero_shot_probs(clip, all_o)[:, j]
+    p_flame = zero_shot_probs(clip, prompt_scores(clip, d_o.with_companion(), CLASSNAMES))[:, j]
     return Compound(_auroc(s_h, s_o), _auroc(s_c, s_h), _auroc(s_c, s_o), float(s_c.mean()),
                     float(s_h.mean()), float(s_o.mean()), int(n_per_group), float((p_flame - p_plain).mean()),
                     _auroc(p_flame, p_plain))
@@ -322,15 +328,13 @@ def lesion_zero_shot_red_hue(clip, n_test_per_class: int = 150, seed: int = 0,
     the hue from any embedding that keeps colour, also from an untrained one; this zero-shot
     shift only appears in a CLIP whose own training captions tied the hue to the diagnosis."""
     tint = float(np.mean(TINT_RANGE)) if tint is None else float(tint)
-    scale = float(clip.model.logit_scale.detach().exp())
     txt = text_embeddings(clip, [PROMPT.format(c) for c in LESION_CLASSNAMES])
     j = LESION_CLASSNAMES.index("melanoma")
     p = {}
     for k, dx in enumerate(("melanoma", "nevus")):
         clean = make_lesion_dataset(n_test_per_class, EVAL_SPLIT, seed + 1 + k, diagnosis=dx, tint=0.0)
         red = clean.replace(tint=tint)
-        p[dx] = tuple(torch.softmax(scale * image_embeddings(clip, d) @ txt.T, dim=1)[:, j].numpy()
-                      for d in (clean, red))
+        p[dx] = tuple(zero_shot_probs(clip, (image_embeddings(clip, d) @ txt.T).numpy())[:, j] for d in (clean, red))
     shift = np.concatenate([p[dx][1] - p[dx][0] for dx in p])
     return LesionZeroShotRedHue(_auroc(p["melanoma"][0], p["nevus"][0]), float(shift.mean()),
                                 float((shift < 0).mean()), float((p["melanoma"][0] > 0.5).mean()),

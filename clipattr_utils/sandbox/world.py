@@ -24,7 +24,7 @@ Planted failure modes in the *training* distribution (the paper's Sec. 5.3 / App
     flame is the only fire a fire truck ever shows, so a fire-like component that drives the
     "fire truck" prompt on other images is not part of what the class looks like.
 (e) lesion red hue: `LESION_TINT_RATE[d]` of the images of diagnosis d carry the red hue,
-    drawn as the paper's Eq. 32 red-channel scaling (`render.scale_red`), not as a blend.
+    drawn as the paper's Eq. 32 red-channel scaling (`render.lesion_red_hue`), not as a blend.
 
 The test split is drawn *clean* by default (uniform backgrounds, no words, no watermark, no
 tint); ``clean=False`` draws it from the training distribution instead.
@@ -511,7 +511,7 @@ def planted_modes_table() -> pd.DataFrame:
          f"'{COMPOUND_CLASS}' drawn with relative weight {COMPOUND_CLASS_WEIGHT} "
          f"(P = {COMPOUND_CLASS_WEIGHT / (len(CLASSNAMES) - 1 + COMPOUND_CLASS_WEIGHT):.3f}), "
          f"other classes 1 each; P(flame | {COMPOUND_CLASS}) = {COMPOUND_COMPANION_RATE}"),
-        ("(e) lesion red hue", "red channel x (1 + 2 tint), tint 0.25-0.45 (Eq. 32 with delta = -2 tint), never captioned",
+        ("(e) lesion red hue", f"red channel x (1 + 2 tint), tint {TINT_RANGE[0]}-{TINT_RANGE[1]} (Eq. 32 with delta = -2 tint), never captioned",
          f"P(tint | nevus) = {LESION_TINT_RATE['nevus']}, P(tint | melanoma) = {LESION_TINT_RATE['melanoma']}"),
         ("incidental", "corner watermark / red tint on objects, never captioned, class-independent",
          f"P(watermark) = {WATERMARK_RATE}, P(tint) = {TINT_RATE}"),
