@@ -71,31 +71,25 @@ def _notebook_param(run_dir: Path, stem: str, name: str) -> Any:
     return None
 
 
-def _top_labels(folder: Path, latents: pd.DataFrame) -> dict[int, list[tuple[str, float]]]:
-    if (folder / "top_labels.csv").is_file():
-        t = pd.read_csv(folder / "top_labels.csv", keep_default_na=False).sort_values(["latent", "rank"])
-        return {int(j): list(zip(g["label"].astype(str), g["score"].astype(float))) for j, g in t.groupby("latent")}
-    if "top_labels" in latents.columns:  # a JSON list of [label, score] per row
-        return {int(j): [(str(a), float(b)) for a, b in json.loads(s)] for j, s in
-                zip(latents["latent"], latents["top_labels"]) if isinstance(s, str) and s.startswith("[")}
-    return {}
+def _top_labels(folder: Path) -> dict[int, list[tuple[str, float]]]:
+    if not (folder / "top_labels.csv").is_file():
+        return {}
+    t = pd.read_csv(folder / "top_labels.csv", keep_default_na=False).sort_values(["latent", "rank"])
+    return {int(j): list(zip(g["label"].astype(str), g["score"].astype(float))) for j, g in t.groupby("latent")}
 
 
 def _relevant_classes(folder: Path, n: int = 3) -> dict[int, list[tuple[str, float]]]:
-    """latent -> its classes with the largest mean relevance (``class_relevance.csv``: one row
-    per class, one column per latent, as notebook 02's relevance table)."""
+    """latent -> its ``n`` classes with the largest positive mean relevance (notebook 02's
+    ``class_relevance.csv``: ``latent, rank, class, relevance``)."""
     path = folder / "class_relevance.csv"
     if not path.is_file():
         return {}
-    rel = pd.read_csv(path, index_col=0)
-    out = {}
-    for col in rel.columns:
-        s = rel[col].sort_values(ascending=False).head(n)
-        out[int(col)] = [(str(c), float(v)) for c, v in s.items() if v > 0]
-    return out
+    t = pd.read_csv(path, keep_default_na=False).sort_values(["latent", "rank"])
+    t = t[(t["rank"] < n) & (t["relevance"] > 0)]
+    return {int(j): list(zip(g["class"].astype(str), g["relevance"].astype(float))) for j, g in t.groupby("latent")}
 
 
-def _flagged(run_dir: Path, folder02: Path) -> tuple[dict[int, list[dict]], str]:
+def _flagged(run_dir: Path) -> tuple[dict[int, list[dict]], str]:
     """latent -> notebook 04's flagged pairs for it (with the sandbox's planted type when the
     mining pool can be rebuilt), and a note when 04's SAE is not 02's."""
     folder = run_dir / "04_failure_mining"
@@ -163,9 +157,9 @@ def write_atlas(run_dir: Path, n_show: int = N_SHOW) -> Path | None:
     by_latent = {int(j): g.head(n_show) for j, g in top.groupby("latent")}
     spec = _read_json(folder / "pool.json")
     pool = rebuild_pool(spec) if spec else Pool(reason="notebook 02 wrote no pool.json")
-    top_labels = _top_labels(folder, latents)
+    top_labels = _top_labels(folder)
     relevant = _relevant_classes(folder)
-    flags, flag_note = _flagged(run_dir, folder)
+    flags, flag_note = _flagged(run_dir)
     atlas = run_dir / "atlas"
     img_dir = atlas / "img"
     img_dir.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def run_dir(tmp_path):
     _write(run / "02_labeling" / "top_labels.csv", pd.DataFrame({
         "latent": [7, 7, 9], "rank": [0, 1, 0], "label": ["water", "blue boat", "red car"],
         "score": [0.21, 0.173, 0.3]}))
-    _write(run / "02_labeling" / "class_relevance.csv", "class,7,9\nboat,0.125,0.0\ncar,-0.1,0.25\n")
+    _write(run / "02_labeling" / "class_relevance.csv", "latent,rank,class,relevance\n7,0,boat,0.125\n9,0,car,0.25\n")
     _write(run / "02_labeling" / "pool.json", {"kind": "sandbox.make_dataset", "kwargs": POOL})
     _write(run / "02_labeling" / "ground_truth.json", {"purity": 0.9, "labels": [
         {"attribute": "object", "n_pure": 116, "share_named": 0.98}]})
@@ -159,7 +159,9 @@ def test_labeling_outputs_carry_top_labels_and_class_relevance(tmp_path):
     rel = pd.DataFrame([[0.1, 0.2], [0.3, -0.1]], index=["cat", "dog"], columns=[1, 4])
     paths = write_outputs(tmp_path, table=table, top=top, vocabulary=vocab, pool={}, class_relevance=rel)
     assert pd.read_csv(paths["top_labels"]).values.tolist() == [[1, 0, "a", 0.3], [1, 1, "b", 0.2], [4, 0, "b", 0.5]]
-    assert pd.read_csv(paths["class_relevance"], index_col=0).loc["dog", "1"] == 0.3
+    # long: each latent's positive classes, best first (latent 1: dog 0.3, cat 0.1; latent 4: cat 0.2)
+    assert pd.read_csv(paths["class_relevance"]).values.tolist() == [[1, 0, "dog", 0.3], [1, 1, "cat", 0.1],
+                                                                     [4, 0, "cat", 0.2]]
 
 
 def test_atlas_reads_an_imagenet_pool(tmp_path, imagenet_sample):

@@ -12,7 +12,9 @@
 * ``vocabulary.csv``: ``label, attribute, value``;
 * ``top_labels.csv``: ``latent, rank, label, score`` — the ``top_m`` best labels of each latent
   (when the table has `label_latents`' ``top_labels`` column);
-* ``class_relevance.csv``: mean relevance of each latent (columns) for each class (rows), when given;
+* ``class_relevance.csv``: ``latent, rank, class, relevance`` — each latent's classes of largest
+  positive mean relevance (at most ``n_classes``), when a class x latent table is given (long, so
+  that 1000 classes x 30,000 latents stay small);
 * ``diversity.json``: unique-label counts per basis (when given);
 * ``ground_truth.json``: the sandbox scores (when given).
 """
@@ -24,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..storage import write_json_atomic, write_text_atomic
@@ -57,10 +60,21 @@ def top_samples_frame(top: TopSamples, latents: Any, n_used: int = 20) -> pd.Dat
     return frame[["latent", "rank", "sample_id", "activation"]].reset_index(drop=True)
 
 
+def class_relevance_frame(class_relevance: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """``latent, rank, class, relevance``: for each latent (a column of the class x latent
+    table) its ``n`` classes of largest mean relevance, positive ones only, best first."""
+    values = class_relevance.to_numpy(dtype=float)
+    order = np.argsort(-values, axis=0, kind="stable")[:n]  # (n, latents)
+    classes = np.asarray(class_relevance.index, dtype=object)
+    rows = [(int(j), r, str(classes[c]), float(values[c, k]))
+            for k, j in enumerate(class_relevance.columns) for r, c in enumerate(order[:, k]) if values[c, k] > 0]
+    return pd.DataFrame(rows, columns=["latent", "rank", "class", "relevance"])
+
+
 def write_outputs(out_dir: str | os.PathLike, *, table: pd.DataFrame, top: TopSamples, vocabulary: Vocabulary,
                   pool: dict, hidden: pd.DataFrame | None = None, n_used: int = 20,
                   diversity: pd.DataFrame | None = None, ground_truth: dict | None = None,
-                  class_relevance: pd.DataFrame | None = None) -> dict[str, Path]:
+                  class_relevance: pd.DataFrame | None = None, n_classes: int = 10) -> dict[str, Path]:
     """Write the labeling results into ``out_dir`` (module docstring); returns name -> path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,7 +93,8 @@ def write_outputs(out_dir: str | os.PathLike, *, table: pd.DataFrame, top: TopSa
         paths["top_labels"] = write_text_atomic(out / "top_labels.csv", _csv(pd.DataFrame(
             rows, columns=["latent", "rank", "label", "score"])))
     if class_relevance is not None:
-        paths["class_relevance"] = write_text_atomic(out / "class_relevance.csv", class_relevance.to_csv())
+        paths["class_relevance"] = write_text_atomic(out / "class_relevance.csv",
+                                                     _csv(class_relevance_frame(class_relevance, n_classes)))
     if diversity is not None:
         paths["diversity"] = write_json_atomic(out / "diversity.json",
                                                {"bases": diversity.to_dict(orient="records")}, indent=2)
@@ -88,4 +103,4 @@ def write_outputs(out_dir: str | os.PathLike, *, table: pd.DataFrame, top: TopSa
     return paths
 
 
-__all__ = ["write_outputs", "latents_frame", "top_samples_frame", "LATENT_COLUMNS"]
+__all__ = ["write_outputs", "latents_frame", "top_samples_frame", "class_relevance_frame", "LATENT_COLUMNS"]
