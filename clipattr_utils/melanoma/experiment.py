@@ -409,8 +409,11 @@ def choose_direction(data: CaseData, train: np.ndarray, latents: Sequence[int], 
             except ValueError:  # the latent's high and low sets are not both non-empty here
                 continue
             for a in cfg.alphas:
-                clf = robust_probe(data, fit, d.u, a, _rng(seed, a, 2 + k), cfg.space, cfg.n_aug, cfg.C)
-                drop, clean = _drop_and_clean(clf, data, val)
+                if a == 0 and cfg.n_aug == 1:  # Eq. 34 adds nothing: the standard probe of this fold
+                    drop, clean = drop0, clean0
+                else:
+                    clf = robust_probe(data, fit, d.u, a, _rng(seed, a, 2 + k), cfg.space, cfg.n_aug, cfg.C)
+                    drop, clean = _drop_and_clean(clf, data, val)
                 rows.append({"fold": k, "latent": j, "alpha": a, "drop": drop, "drop_standard": drop0,
                              "clean_cost": clean - clean0})
     cols = ["latent", "alpha", "drop", "drop_standard", "clean_cost"]
@@ -482,10 +485,11 @@ def run_seed(data: CaseData, red_latent: int, seed: int, cfg: CaseConfig, keep_t
     accuracy = _accuracy_records(standard, data, te, seed=seed, probe="standard", alpha=0.0)
     robust = robust_probe(data, tr, d.u, cfg.alpha, _rng(seed, cfg.alpha, 0), cfg.space, cfg.n_aug, cfg.C)
     accuracy += _accuracy_records(robust, data, te, seed=seed, probe="robust", alpha=cfg.alpha)
+    sweep = {}  # alpha -> the robust probe along the red latent (reused by "robust_val" below)
     for a in cfg.alphas:
-        clf = robust if a == cfg.alpha else \
+        sweep[a] = robust if a == cfg.alpha else \
             robust_probe(data, tr, d.u, a, _rng(seed, a, 0), cfg.space, cfg.n_aug, cfg.C)
-        accuracy += _accuracy_records(clf, data, te, seed=seed, probe="sweep", alpha=a)
+        accuracy += _accuracy_records(sweep[a], data, te, seed=seed, probe="sweep", alpha=a)
     probes = [("standard", standard), ("robust", robust)]
     if cfg.select_alpha and "more_red" in data.emb:
         cands = [int(red_latent)] + [int(j) for j in (direction_latents or ()) if int(j) != int(red_latent)]
@@ -494,7 +498,10 @@ def run_seed(data: CaseData, red_latent: int, seed: int, cfg: CaseConfig, keep_t
         u_val = d.u if j_val == int(red_latent) else _direction(data, ben, j_val, cfg)[0].u
         if j_val != int(red_latent):
             info["cos_u_validation_more_red_shift"] = _cos(u_val, (more[tr] - space_x[tr]).mean(0))
-        clf = robust_probe(data, tr, u_val, a_val, _rng(seed, a_val, 0), cfg.space, cfg.n_aug, cfg.C)
+        if j_val == int(red_latent) and a_val in sweep:  # the same fit as the sweep's at a_val
+            clf = sweep[a_val]
+        else:
+            clf = robust_probe(data, tr, u_val, a_val, _rng(seed, a_val, 0), cfg.space, cfg.n_aug, cfg.C)
         accuracy += _accuracy_records(clf, data, te, seed=seed, probe="robust_val", alpha=a_val)
         probes.append(("robust_val", clf))
     if cfg.oracle and tinted is not None:

@@ -40,13 +40,14 @@ def reliance_split(clf: Any, x: torch.Tensor, x_edit: torch.Tensor, u: torch.Ten
     uh = u / u.norm()
     along = (shift @ uh)[:, None] * uh[None]
     feed = (lambda t: embed(t.float())) if embed is not None else (lambda t: t.numpy())
+    acc = lambda logit: 100.0 * float(((logit > 0).astype(int) == y).mean())  # noqa: E731
     base = clf.decision_function(feed(x))
-    out = {"cos_shift_u": float(torch.nn.functional.cosine_similarity(shift, u[None].expand_as(shift), dim=1).mean())}
-    for name, moved in (("none", x), ("full", x + shift), ("along_u", x + along), ("across", x + shift - along)):
+    out = {"cos_shift_u": float(torch.nn.functional.cosine_similarity(shift, u[None].expand_as(shift), dim=1).mean()),
+           "acc_none": acc(base)}
+    for name, moved in (("full", x + shift), ("along_u", x + along), ("across", x + shift - along)):
         logit = clf.decision_function(feed(moved))
-        if name != "none":
-            out[f"logit_{name}"] = float((logit - base).mean())
-        out[f"acc_{name}"] = 100.0 * float(((logit > 0).astype(int) == y).mean())
+        out[f"logit_{name}"] = float((logit - base).mean())
+        out[f"acc_{name}"] = acc(logit)
     return out
 
 
