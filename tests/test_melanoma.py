@@ -4,6 +4,8 @@ finding and the summaries on constructed data."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -478,3 +480,49 @@ def test_reliance_report_on_the_toy_case():
     assert abs(rob["logit_along_u"]) < 0.5 * abs(std["logit_along_u"]) and rob["acc_full"] > std["acc_full"]
     with pytest.raises(ValueError, match="no 'tint' tokens"):
         mel.reliance_report(data, split, standard, 0, 4.0, cfg, seed=0, condition="tint")
+
+
+def test_standard_drops_separates_a_learned_shortcut_from_one_in_the_embedding():
+    """The toy case's drop comes from its training data (the tint is on 60 % of benign
+    tokens): without the tint the probe has nothing to learn and most of the drop goes.
+    A shift along the label's own direction (a shortcut in the "embedding") drops with or
+    without the tint."""
+    data, _ = _toy_case()
+    with_tint = mel.standard_drops(data, [0, 1, 2])
+    assert list(with_tint["seed"]) == [0, 1, 2] and (with_tint["condition"] == "more_red").all()
+    assert with_tint["drop"].mean() > 10
+    # The same numbers as run_case's standard probe (same split, same fit).
+    res = mel.run_case(data, 0, seeds=[0, 1, 2], cfg=mel.CaseConfig(alphas=(0.0,), select_alpha=False), progress=False)
+    np.testing.assert_allclose(with_tint["drop"], res.drops("standard")[("more_red", "melanoma")].to_numpy())
+    x = data.tokens["none"].clone()
+    y = torch.as_tensor(data.labels)
+    x[:, 1] = torch.randn(len(x), generator=torch.Generator().manual_seed(1)) + 3.0  # tint removed
+    e0, e1 = torch.eye(x.shape[1])[0], torch.eye(x.shape[1])[1]
+    e2 = torch.eye(x.shape[1])[2]  # +e1 -e2: the layer norm's mean stays put
+    control = mel.CaseData({"none": x, "more_red": x + 3.0 * (e1 - e2), "toward_benign": x - 2.4 * e0 * (y == 1)[:, None]},
+                           data.labels, data.head, data.sae)
+    free = mel.standard_drops(control, [0, 1, 2])
+    # What remains (~12 points here) is the head's layer norm: the shift rescales every
+    # coordinate, the label's too; the part learned from the tinted training data is gone.
+    assert free["drop"].mean() < 0.5 * with_tint["drop"].mean()
+    entangled = mel.standard_drops(control, [0, 1, 2], condition="toward_benign")
+    assert entangled["drop"].mean() > 50
+    # Clean accuracies do not depend on the condition read.
+    np.testing.assert_allclose(free["melanoma_clean"], entangled["melanoma_clean"])
+    with pytest.raises(ValueError, match="condition 'bluer'"):
+        mel.standard_drops(control, [0], condition="bluer")
+
+
+def test_sandbox_recipes_carry_the_probe_data_tint_rates():
+    rec = mel.sandbox_recipes(200, 100, seed=2)
+    want = {"tint_rate_nevus": mel.sets.POOL_TINT_RATE["nevus"], "tint_rate_melanoma": mel.sets.POOL_TINT_RATE["melanoma"]}
+    assert rec["pool"]["recipe"] == rec["sae_train"]["recipe"] == want
+    assert json.loads(json.dumps(rec)) == rec  # what pool.json stores rebuilds the sets
+    pool = mel.make_sets({"pool": mel.sandbox_recipes(2000, 10, tint_rate={"nevus": 0.6, "melanoma": 0.0})["pool"]})["pool"]
+    a = pool.attributes
+    assert (a.loc[a["diagnosis"] == "melanoma", "tint"] == 0).all()
+    assert 0.55 < (a.loc[a["diagnosis"] == "nevus", "tint"] > 0).mean() < 0.65
+    with pytest.raises(ValueError, match="tint_rate"):
+        mel.sandbox_recipes(tint_rate={"nevus": 0.2})
+    with pytest.raises(ValueError, match="tint_rate"):
+        mel.sandbox_recipes(tint_rate={"nevus": 1.2, "melanoma": 0.0})

@@ -374,3 +374,17 @@ def test_with_companion_draws_the_flame_and_keeps_the_rest():
         assert np.abs(px).sum() > 0
     with pytest.raises(ValueError, match="object-world"):
         sb.make_lesion_dataset(2).with_companion()
+
+
+def test_lesion_recipe_as_a_dict_is_the_recipe():
+    """`make_lesion_dataset` takes the recipe's fields as a dict (what pool.json stores)."""
+    from clipattr_utils.sandbox.world import LesionRecipe
+
+    rates = {"tint_rate_nevus": 0.2, "tint_rate_melanoma": 0.05}
+    a = sb.make_lesion_dataset(30, "test", 4, recipe=rates)
+    b = sb.make_lesion_dataset(30, "test", 4, recipe=LesionRecipe(**rates))
+    assert a.fingerprint() == b.fingerprint() and a.attributes.equals(b.attributes)
+    with pytest.raises(ValueError, match="unknown fields.*tint_nevus"):
+        sb.make_lesion_dataset(5, recipe={"tint_nevus": 0.2})
+    with pytest.raises(ValueError, match="clean=True"):
+        sb.make_lesion_dataset(5, clean=True, recipe=rates)

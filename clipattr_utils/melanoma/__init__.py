@@ -27,6 +27,7 @@ from .experiment import (CLASSES, CaseConfig, CaseData, CaseResult, RedLatent, S
                          choose_direction, red_candidates, validation_parts,
                          compare_latents, given_red_latent, json_safe,
                          config_dict, explain_standard, find_red_latent, redness, robust_probe, run_case, run_seed,
+                         standard_drops,
                          sem, split_indices)
 from .hue import CONDITIONS, LESS_RED, MORE_RED, RedHueImageSet, condition_features, condition_sets, red_hue
 from .plots import plot_accuracy, plot_alpha_sweep, plot_relevance
@@ -42,7 +43,7 @@ __all__ = [
     "CLASSES", "CaseConfig", "CaseData", "CaseResult", "RedLatent", "Split", "split_indices", "redness",
     "find_red_latent", "given_red_latent", "explain_standard", "robust_probe", "choose_alpha", "choose_direction",
     "red_candidates", "validation_parts", "run_seed", "run_case",
-    "compare_latents",
+    "compare_latents", "standard_drops",
     "sem", "config_dict", "build_summary", "json_safe", "plot_accuracy", "plot_alpha_sweep", "plot_relevance",
     "sandbox_recipes", "make_sets",
     "isic_pool",

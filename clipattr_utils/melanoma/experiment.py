@@ -636,6 +636,33 @@ def run_case(data: CaseData, red_latent: int, seeds: Sequence[int], cfg: CaseCon
                       pd.DataFrame([res.direction for res in results]), results[0].tables)
 
 
+def standard_drops(data: CaseData, seeds: Sequence[int], cfg: CaseConfig | None = None,
+                   condition: str = "more_red") -> pd.DataFrame:
+    """The standard probe alone, per seed (App. E's split, fit on the clean training
+    embeddings): its clean test accuracy per class, its melanoma accuracy under
+    ``condition`` and the drop (points). No red latent, Eq. 33 or 34 is involved, so it runs
+    on any pool, e.g. the sandbox pool rendered without its tint: the drop that remains there
+    was not learned from the probe's data (it comes with the backbone's embedding or with
+    what Eq. 32 does to the lesions themselves), and no augmentation of the probe's training
+    data can remove it."""
+    cfg = cfg or CaseConfig()
+    if condition not in data.emb:
+        raise ValueError(f"standard_drops: condition {condition!r} not in the data's conditions {data.conditions}")
+    rows = []
+    for s in seeds:
+        split = split_indices(data.labels, int(s), cfg.train_frac, cfg.n_train_other, cfg.n_test_other)
+        clf = pr.fit_probe(data.emb["none"][split.train], data.labels[split.train], C=cfg.C)
+        y = data.labels[split.test]
+        clean = pr.class_accuracy(clf, data.emb["none"][split.test], y)
+        shifted = pr.class_accuracy(clf, data.emb[condition][split.test], y)
+        rows.append({"seed": int(s), "condition": condition, "benign_clean": 100.0 * clean[0],
+                     "melanoma_clean": 100.0 * clean[1], "melanoma_shifted": 100.0 * shifted[1],
+                     "drop": 100.0 * (clean[1] - shifted[1])})
+    if not rows:
+        raise ValueError("standard_drops: no seeds")
+    return pd.DataFrame(rows)
+
+
 def compare_latents(data: CaseData, latents: Sequence[int], seeds: Sequence[int], cfg: CaseConfig | None = None,
                     conditions: Sequence[str] = ("more_red",), progress: bool = True) -> pd.DataFrame:
     """Investigation: the alpha sweep with Eq. 33's direction taken from each of ``latents``

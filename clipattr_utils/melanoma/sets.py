@@ -18,13 +18,26 @@ from ..data import ISIC2019, ImageSet
 from ..sandbox.world import make_lesion_dataset
 
 
-def sandbox_recipes(n_pool: int = 3000, n_sae_train: int = 4000, seed: int = 0, size: int = 64) -> dict[str, dict]:
+POOL_TINT_RATE: dict[str, float] = {"nevus": 0.2, "melanoma": 0.05}
+"""The probe's data (the stand-in for ISIC 2019): the red hue on 20 % of nevus and 5 % of
+melanoma images. The dermatology CLIP (``sandbox-derm``) saw the hue on 30 % of both, so
+the shortcut lives in this data alone, as the paper's does in ISIC."""
+
+
+def sandbox_recipes(n_pool: int = 3000, n_sae_train: int = 4000, seed: int = 0, size: int = 64,
+                    tint_rate: dict[str, float] | None = None) -> dict[str, dict]:
     """``{name: make_lesion_dataset kwargs}`` of the sandbox sets: "pool" (probe train/test,
-    test split) and "sae_train" (train split, another seed than the sandbox CLIP's own 0)."""
+    test split) and "sae_train" (train split, another seed than the sandbox CLIP's own 0),
+    both drawn with ``tint_rate`` ({"nevus": p, "melanoma": q}; None: :data:`POOL_TINT_RATE`)."""
     if n_pool < 20:
         raise ValueError(f"n_pool must be >= 20 lesion images, got {n_pool}")
-    return {"pool": {"n": int(n_pool), "split": "test", "seed": int(seed), "size": int(size)},
-            "sae_train": {"n": int(n_sae_train), "split": "train", "seed": int(seed) + 1, "size": int(size)}}
+    rate = dict(POOL_TINT_RATE if tint_rate is None else tint_rate)
+    if set(rate) != {"nevus", "melanoma"} or not all(0.0 <= float(v) <= 1.0 for v in rate.values()):
+        raise ValueError(f"tint_rate must be {{'nevus': p, 'melanoma': q}} with p, q in [0, 1], got {tint_rate}")
+    recipe = {"tint_rate_nevus": float(rate["nevus"]), "tint_rate_melanoma": float(rate["melanoma"])}
+    return {"pool": {"n": int(n_pool), "split": "test", "seed": int(seed), "size": int(size), "recipe": recipe},
+            "sae_train": {"n": int(n_sae_train), "split": "train", "seed": int(seed) + 1, "size": int(size),
+                          "recipe": dict(recipe)}}
 
 
 def make_sets(recipes: dict[str, dict]) -> dict[str, ImageSet]:
@@ -38,4 +51,4 @@ def isic_pool(csv_path: str | os.PathLike, image_dir: str | os.PathLike) -> tupl
     return pool, {"pool": {"isic2019": {"csv": os.path.basename(str(csv_path)), **pool.describe()}}}
 
 
-__all__ = ["sandbox_recipes", "make_sets", "isic_pool"]
+__all__ = ["POOL_TINT_RATE", "sandbox_recipes", "make_sets", "isic_pool"]

@@ -470,8 +470,9 @@ def make_dataset(n: int, split: str = "train", seed: int = 0, *, clean: bool | N
 
 def make_lesion_dataset(n: int, split: str = "train", seed: int = 0, *, clean: bool = False,
                         size: int = 64, diagnosis: str | None = None, tint: float | None = None,
-                        recipe: LesionRecipe | None = None) -> SandboxImageSet:
-    """`n` lesion images ("nevus" label 0, "melanoma" label 1).
+                        recipe: LesionRecipe | Mapping[str, float] | None = None) -> SandboxImageSet:
+    """`n` lesion images ("nevus" label 0, "melanoma" label 1). ``recipe``: the class and tint
+    rates (a `LesionRecipe` or its fields as a dict; None: the world's own rates).
 
     Unlike the object world, the lesion test split keeps the training distribution by
     default (the red-hue shortcut is part of the data, as in ISIC); ``clean=True`` removes
@@ -484,6 +485,14 @@ def make_lesion_dataset(n: int, split: str = "train", seed: int = 0, *, clean: b
         raise ValueError(f"tint must be in [0, 1], got {tint}")
     if recipe is None:
         recipe = LesionRecipe.clean() if clean else LesionRecipe()
+    elif isinstance(recipe, Mapping):
+        unknown = set(recipe) - set(LesionRecipe.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"make_lesion_dataset: recipe has unknown fields {sorted(unknown)}; "
+                             f"known: {sorted(LesionRecipe.__dataclass_fields__)}")
+        recipe = LesionRecipe(**{k: float(v) for k, v in recipe.items()})
+    if clean and (recipe.tint_rate_nevus or recipe.tint_rate_melanoma):
+        raise ValueError("make_lesion_dataset: clean=True and a recipe with tint rates contradict each other")
     rows = []
     for i in range(int(n)):
         rec = sample_lesion_record(_rng(seed, split, i, 1), recipe, diagnosis=diagnosis, tint=tint)
