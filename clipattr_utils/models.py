@@ -44,6 +44,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 LOCAL_MODELS: dict[str, Path] = {
     "sandbox": DATA_DIR / "sandbox" / "sandbox.json",
     "sandbox-labeler": DATA_DIR / "sandbox" / "sandbox-labeler.json",
+    "sandbox-derm": DATA_DIR / "sandbox" / "sandbox-derm.json",
 }
 RANDOM = "random"  # pretrained tag asking a local model for random init explicitly
 HUB_TIMEOUT_S = 5.0
@@ -329,7 +330,8 @@ def load_clip(name: str, pretrained: str | os.PathLike | None = None, device: st
 
     Args:
         name: an open_clip architecture (``"ViT-B-32"``, ``"ViT-L-14"``, ...) or a local model
-            shipped with the repo (``"sandbox"``, ``"sandbox-labeler"``).
+            shipped with the repo (``"sandbox"``, ``"sandbox-labeler"``, ``"sandbox-derm"``: the
+            melanoma case's lesion-only CLIP).
         pretrained: an open_clip pretrained tag (``"laion2b_s34b_b79k"``, ``"openai"``, ...), a path
             to a local checkpoint (.safetensors/.bin/.pt), or None. For open_clip names None
             means random weights (with a `RandomWeightsWarning`); for local models it means the

@@ -71,3 +71,28 @@ def test_bad_arguments_are_named(tmp_path):
         tr.train(tr.TrainConfig(out_dir=str(tmp_path), batch_size=1))
     with pytest.raises(SystemExit):
         tr.parse_args(["--model-config", str(tmp_path / "missing.json")])
+
+
+def test_lesion_only_run_with_an_uncorrelated_tint(tmp_path):
+    """The dermatology CLIP's recipe: no object images, the tint on the same share of both
+    diagnoses (the record's data says so), full captions naming it."""
+    cfg = tr.parse_args(["--out-dir", str(tmp_path), "--name", "derm", "--n-objects", "0", "--n-lesions", "40",
+                         "--lesion-tint-rate", "0.5", "--captions", "full", "--max-steps", "1", "--batch-size", "8",
+                         "--eval", "none", "--threads", "1"])
+    rec = tr.train(cfg, command="test")
+    assert rec["data"]["objects"] is None and rec["data"]["lesions"]["n"] == 40
+    assert rec["data"]["lesions"]["recipe"]["tint_rate_nevus"] == rec["data"]["lesions"]["recipe"]["tint_rate_melanoma"] == 0.5
+    from clipattr_utils.sandbox.world import LesionRecipe, make_lesion_dataset
+
+    seen = make_lesion_dataset(40, "train", 0, recipe=LesionRecipe(tint_rate_nevus=0.5, tint_rate_melanoma=0.5))
+    assert rec["data"]["lesions_fingerprint"] == seen.fingerprint()
+    assert (tmp_path / "derm.safetensors").is_file()
+
+
+def test_lesion_only_runs_refuse_object_measurements(tmp_path):
+    with pytest.raises(ValueError, match="lesion-only.*eval='lesion'"):
+        tr.train(tr.TrainConfig(out_dir=str(tmp_path), n_objects=0, n_lesions=8, eval="full"))
+    with pytest.raises(ValueError, match="lesion_tint_rate"):
+        tr.train(tr.TrainConfig(out_dir=str(tmp_path), lesion_tint_rate=1.5))
+    with pytest.raises(ValueError, match="not both 0"):
+        tr.train(tr.TrainConfig(out_dir=str(tmp_path), n_objects=0, n_lesions=0))

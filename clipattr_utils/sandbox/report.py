@@ -33,7 +33,7 @@ def _model_section(rec: dict, title: str) -> str:
            f"{v['layers']} layers; text width {tx['width']}, {tx['layers']} layers, context {tx['context_length']}; "
            f"embed {cfg['embed_dim']}; {rec['n_parameters'] / 1e6:.2f} M parameters, "
            f"{rec['weights_bytes'] / 2**20:.1f} MiB ({rec['storage_dtype']})",
-           f"- data: {rec['data']['objects']['n']} object images + "
+           f"- data: {(rec['data']['objects'] or {}).get('n', 0)} object images + "
            f"{(rec['data']['lesions'] or {}).get('n', 0)} lesion images, {rec['train_config']['captions']} captions, "
            f"{rec['steps']} steps of batch {rec['train_config']['batch_size']}",
            f"- time: {t['train'] / 60:.1f} min training + {t['data'] / 60:.1f} min rendering "
@@ -42,7 +42,12 @@ def _model_section(rec: dict, title: str) -> str:
            ""]
     if rec.get("record_rebuilt"):
         out[-1:] = [f"- record rebuilt: {rec['record_rebuilt']}", ""]
-    if s:
+    if s and "zero_shot" not in s:  # a lesion-only model (`measure_lesions`)
+        le, lz = s["lesion"], s["lesion_zero_shot"]
+        out += [f"- lesions: a probe trained on the world's confounded lesions drops {le['drop_melanoma']:.1f} "
+                f"+- {le['sem_melanoma']:.1f} points of melanoma accuracy with the hue; zero-shot P(melanoma) "
+                f"moves {lz['mean_shift']:+.3f} with it (diagnosis AUROC {lz['auc_diagnosis']:.3f})"]
+    elif s:
         table = summary(s)
         out += ["| mode | measured | criterion | shown |", "|---|---|---|---|"]
         out += [f"| {r['mode']} | {r['measured']} | {r['criterion']} | {'not measured' if r['shown'] is None else 'yes' if r['shown'] else 'no'} |"
@@ -50,8 +55,9 @@ def _model_section(rec: dict, title: str) -> str:
         if "background_zero_shot" in s:
             out += ["", f"Background named zero-shot (8 backgrounds, chance 0.125): "
                         f"{s['background_zero_shot']['accuracy']:.3f}"]
-        zs = s["zero_shot"]["per_class"]
-        out += ["", "Zero-shot top-1 per class: " + ", ".join(f"{k} {v:.2f}" for k, v in zs.items())]
+        if "zero_shot" in s:
+            zs = s["zero_shot"]["per_class"]
+            out += ["", "Zero-shot top-1 per class: " + ", ".join(f"{k} {v:.2f}" for k, v in zs.items())]
     return "\n".join(out)
 
 
@@ -64,7 +70,8 @@ def markdown(directory: Path | None = None) -> str:
              "Planted failure modes (constants in `clipattr_utils/sandbox/world.py`):", "", _rates_table(), "",
              "Criteria for a planted mode to count as learned: " + "; ".join(f"{k}: {v}" for k, v in CRITERIA.items()), ""]
     for name, title in (("sandbox", "`sandbox` (the explained model)"),
-                        ("sandbox-labeler", "`sandbox-labeler` (the labeling model)")):
+                        ("sandbox-labeler", "`sandbox-labeler` (the labeling model)"),
+                        ("sandbox-derm", "`sandbox-derm` (the melanoma case's dermatology CLIP, lesions only)")):
         path = directory / f"{name}.record.json"
         if path.is_file():
             parts += [_model_section(json.loads(path.read_text()), title), ""]

@@ -352,10 +352,17 @@ def measure_all(clip, seed: int = 0, n_zero_shot: int = 600, n_per_group: int = 
         "typography": typography(clip, n_per_word=n_per_word, seed=seed)._asdict(),
         "polysemy": polysemy(clip, n_per_group=max(2, n_per_group // 2), seed=seed)._asdict(),
         "compound": compound_noun(clip, n_per_group=max(2, n_per_group // 2), seed=seed)._asdict(),
-        "lesion": lesion_red_hue(clip, n_train=n_lesion_train, n_test_per_class=n_lesion_test, seed=seed)._asdict(),
-        "lesion_zero_shot": lesion_zero_shot_red_hue(clip, n_test_per_class=n_lesion_test, seed=seed)._asdict(),
+        **measure_lesions(clip, seed, n_lesion_train, n_lesion_test),
         "background_zero_shot": background_zero_shot(clip, n=max(len(BACKGROUNDS), n_zero_shot // 2),
                                                      seed=seed)._asdict(),
+    }
+
+
+def measure_lesions(clip, seed: int = 0, n_lesion_train: int = 800, n_lesion_test: int = 150) -> dict:
+    """The lesion measurements of `measure_all` alone (a lesion-only model has no object world)."""
+    return {
+        "lesion": lesion_red_hue(clip, n_train=n_lesion_train, n_test_per_class=n_lesion_test, seed=seed)._asdict(),
+        "lesion_zero_shot": lesion_zero_shot_red_hue(clip, n_test_per_class=n_lesion_test, seed=seed)._asdict(),
     }
 
 

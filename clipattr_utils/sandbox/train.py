@@ -3,6 +3,8 @@
     python -m clipattr_utils.sandbox.train                    # the shipped run -> data/sandbox/
     python -m clipattr_utils.sandbox.train --out-dir runs/x --n-objects 64 --n-lesions 16 \
         --max-steps 3 --batch-size 16 --eval none             # smoke test
+    python -m clipattr_utils.sandbox.train --name sandbox-derm --n-objects 0 --n-lesions 12000 \
+        --epochs 15 --captions full --lesion-tint-rate 0.3 --eval lesion   # the dermatology CLIP
 
 An open_clip ``CLIP`` built from the registered ``sandbox`` config, trained with open_clip's
 own `ClipLoss` on object-world images (planted modes (a)-(d)) mixed with lesion-world images
@@ -38,7 +40,7 @@ from tqdm.auto import tqdm
 from ..storage import resolve_device, save_tensors_atomic, write_text_atomic
 from .clip import SANDBOX_CONFIG, load_sandbox, register, write_config
 from .render import RENDERER_VERSION
-from .world import make_dataset, make_lesion_dataset
+from .world import LesionRecipe, make_dataset, make_lesion_dataset
 
 
 @dataclass
@@ -49,9 +51,15 @@ class TrainConfig:
     """open_clip model name (= file stem)."""
     seed: int = 0
     n_objects: int = 40000
-    """Object-world training images (split "train")."""
+    """Object-world training images (split "train"); 0: a lesion-only model."""
     n_lesions: int = 4000
     """Lesion-world training images (split "train")."""
+    lesion_tint_rate: float | None = None
+    """None: the lesion world's own tint rates (`world.LESION_TINT_RATE`, far more common on
+    nevi: planted mode (e) inside the CLIP). A number: that share of the lesions of *both*
+    diagnoses carries the tint, so the CLIP learns the hue without learning that it means
+    "nevus" (the dermatology CLIP of the melanoma case, whose shortcut lives in the probe's
+    data only)."""
     epochs: float = 10.0
     batch_size: int = 128
     lr: float = 2e-3
@@ -67,7 +75,8 @@ class TrainConfig:
     """"float16" (default: both shipped models together stay under 20 MB), "float32", or
     "auto" (float16 only when float32 would exceed 20 MB)."""
     eval: str = "full"
-    """"full", "small" or "none": planted-mode measurements written to the record."""
+    """"full", "small", "lesion" (the lesion measurements only; what a lesion-only model can
+    be measured on) or "none": planted-mode measurements written to the record."""
     note: str = ""
     """Free text stored in the record (e.g. why this model exists)."""
     eval_every: int = 0
@@ -156,14 +165,19 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     """Run one training; returns the record written next to the weights."""
     if cfg.captions not in ("alt", "full"):
         raise ValueError(f"captions must be 'alt' or 'full', got {cfg.captions!r}")
-    if cfg.eval not in ("full", "small", "none"):
-        raise ValueError(f"eval must be full, small or none, got {cfg.eval!r}")
-    if cfg.n_objects < 1 or cfg.n_lesions < 0 or cfg.batch_size < 2:
-        raise ValueError(f"need n_objects >= 1, n_lesions >= 0, batch_size >= 2 (got {cfg.n_objects}, "
+    if cfg.eval not in ("full", "small", "lesion", "none"):
+        raise ValueError(f"eval must be full, small, lesion or none, got {cfg.eval!r}")
+    if cfg.n_objects < 0 or cfg.n_lesions < 0 or cfg.n_objects + cfg.n_lesions < 1 or cfg.batch_size < 2:
+        raise ValueError(f"need n_objects >= 0, n_lesions >= 0 (not both 0), batch_size >= 2 (got {cfg.n_objects}, "
                          f"{cfg.n_lesions}, {cfg.batch_size})")
+    if cfg.n_objects == 0 and (cfg.eval in ("full", "small") or cfg.eval_every):
+        raise ValueError(f"a lesion-only model (n_objects=0) has no object-world measurements: use eval='lesion' or "
+                         f"'none' and eval_every=0 (got eval={cfg.eval!r}, eval_every={cfg.eval_every})")
+    if cfg.lesion_tint_rate is not None and not 0.0 <= cfg.lesion_tint_rate <= 1.0:
+        raise ValueError(f"lesion_tint_rate must be in [0, 1] or None, got {cfg.lesion_tint_rate}")
     # Imported before training starts: the final evaluation then runs the measuring code as
     # it was at launch, not whatever an edit made of it during a half-hour run.
-    from .shortcuts import measure_all
+    from .shortcuts import measure_all, measure_lesions
 
     t_start = time.time()
     cpu_start = time.process_time()
@@ -183,12 +197,15 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     model.to(device).train()
 
     # Data: deterministic from (seed, split, index); rendered once into uint8 arrays.
-    objects = make_dataset(cfg.n_objects, "train", cfg.seed, size=image_size)
-    parts = [objects.render_array(progress=True)]
-    captions = objects.captions if cfg.captions == "alt" else objects.full_captions()
-    lesions = None
+    parts, captions, objects, lesions = [], [], None, None
+    if cfg.n_objects:
+        objects = make_dataset(cfg.n_objects, "train", cfg.seed, size=image_size)
+        parts.append(objects.render_array(progress=True))
+        captions = objects.captions if cfg.captions == "alt" else objects.full_captions()
     if cfg.n_lesions:
-        lesions = make_lesion_dataset(cfg.n_lesions, "train", cfg.seed, size=image_size)
+        rate = cfg.lesion_tint_rate
+        recipe = None if rate is None else LesionRecipe(tint_rate_nevus=float(rate), tint_rate_melanoma=float(rate))
+        lesions = make_lesion_dataset(cfg.n_lesions, "train", cfg.seed, size=image_size, recipe=recipe)
         parts.append(lesions.render_array(progress=True))
         captions = captions + (lesions.captions if cfg.captions == "alt" else lesions.full_captions())
     images = np.concatenate(parts)
@@ -252,9 +269,12 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     if cfg.eval != "none":
         t0 = time.time()
         clip = load_sandbox(cfg.name, out, device=str(device))
-        sizes = {} if cfg.eval == "full" else dict(n_zero_shot=150, n_per_group=30, n_per_word=4,
-                                                         n_lesion_train=200, n_lesion_test=40)
-        scores = measure_all(clip, seed=0, **sizes)
+        if cfg.eval == "lesion":
+            scores = measure_lesions(clip, seed=0)
+        else:
+            sizes = {} if cfg.eval == "full" else dict(n_zero_shot=150, n_per_group=30, n_per_word=4,
+                                                             n_lesion_train=200, n_lesion_test=40)
+            scores = measure_all(clip, seed=0, **sizes)
         t_eval = time.time() - t0
 
     record = {
@@ -263,7 +283,8 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         "note": cfg.note,
         "train_config": {k: v for k, v in asdict(cfg).items() if k != "model_config"},
         "model_config": cfg.model_config,
-        "data": {"objects": objects.describe(), "objects_fingerprint": objects.fingerprint(),
+        "data": {"objects": None if objects is None else objects.describe(),
+                 "objects_fingerprint": None if objects is None else objects.fingerprint(),
                  "lesions": None if lesions is None else lesions.describe(),
                  "lesions_fingerprint": None if lesions is None else lesions.fingerprint(),
                  "renderer_version": RENDERER_VERSION},
@@ -312,7 +333,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=d.device)
     p.add_argument("--storage-dtype", default=d.storage_dtype, choices=["auto", "float32", "float16"])
-    p.add_argument("--eval", default=d.eval, choices=["full", "small", "none"])
+    p.add_argument("--lesion-tint-rate", type=float, default=None,
+                   help="share of lesions of both diagnoses with the red tint (default: the world's nevus/melanoma rates)")
+    p.add_argument("--eval", default=d.eval, choices=["full", "small", "lesion", "none"])
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--note", default=d.note, help="free text stored in the record")
     p.add_argument("--captions", default=d.captions, choices=["alt", "full"],
@@ -330,6 +353,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if missing:
             p.error(f"--model-config {path}: missing keys {missing}")
     return TrainConfig(out_dir=a.out_dir, name=a.name, seed=a.seed, n_objects=a.n_objects, n_lesions=a.n_lesions,
+                       lesion_tint_rate=a.lesion_tint_rate,
                        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                        warmup_steps=a.warmup_steps, max_steps=a.max_steps, shift=a.shift, threads=a.threads,
                        device=a.device, storage_dtype=a.storage_dtype, eval=a.eval, captions=a.captions,
