@@ -75,9 +75,9 @@ def test_bad_arguments_are_named(tmp_path):
 
 def test_lesion_only_run_with_an_uncorrelated_tint(tmp_path):
     """The dermatology CLIP's recipe: no object images, the tint on the same share of both
-    diagnoses (the record's data says so), full captions naming it."""
+    diagnoses (the record's data says so), dermatology captions naming it."""
     cfg = tr.parse_args(["--out-dir", str(tmp_path), "--name", "derm", "--n-objects", "0", "--n-lesions", "40",
-                         "--lesion-tint-rate", "0.5", "--captions", "full", "--max-steps", "1", "--batch-size", "8",
+                         "--lesion-tint-rate", "0.5", "--captions", "derm", "--max-steps", "1", "--batch-size", "8",
                          "--eval", "none", "--threads", "1"])
     rec = tr.train(cfg, command="test")
     assert rec["data"]["objects"] is None and rec["data"]["lesions"]["n"] == 40
@@ -96,3 +96,5 @@ def test_lesion_only_runs_refuse_object_measurements(tmp_path):
         tr.train(tr.TrainConfig(out_dir=str(tmp_path), lesion_tint_rate=1.5))
     with pytest.raises(ValueError, match="not both 0"):
         tr.train(tr.TrainConfig(out_dir=str(tmp_path), n_objects=0, n_lesions=0))
+    with pytest.raises(ValueError, match="n_objects=0"):
+        tr.train(tr.TrainConfig(out_dir=str(tmp_path), captions="derm"))

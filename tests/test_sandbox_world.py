@@ -388,3 +388,15 @@ def test_lesion_recipe_as_a_dict_is_the_recipe():
         sb.make_lesion_dataset(5, recipe={"tint_nevus": 0.2})
     with pytest.raises(ValueError, match="clean=True"):
         sb.make_lesion_dataset(5, clean=True, recipe=rates)
+
+
+def test_derm_captions_always_name_the_tint_and_only_for_lesions():
+    d = sb.make_lesion_dataset(200, "train", 1, recipe={"tint_rate_nevus": 0.4, "tint_rate_melanoma": 0.4})
+    caps, tint = d.full_captions("derm"), d.attributes["tint"].to_numpy()
+    assert all(("red tint" in c) == (t > 0) for c, t in zip(caps, tint)) and (tint > 0).any()
+    assert all(c.startswith(f"a dermoscopy image of a {dx}") for c, dx in zip(caps, d.attributes["diagnosis"]))
+    assert 0 < sum(" skin" in c for c in caps) < len(caps)  # the skin tone half of the time
+    full = d.full_captions()  # the labeler's: the tint only half of the time
+    assert sum("red tint" in c for c in full) < sum("red tint" in c for c in caps)
+    with pytest.raises(ValueError, match="lesions only"):
+        sb.make_dataset(3, "train", 0).full_captions("derm")

@@ -114,6 +114,19 @@ def full_object_caption(rec: Mapping, rng: np.random.Generator) -> str:
     return caption
 
 
+def derm_lesion_caption(rec: Mapping, rng: np.random.Generator) -> str:
+    """A dermatology report caption (the melanoma case's lesion CLIP): the diagnosis, the skin
+    tone half of the time, and the red tint whenever it is there -- so the CLIP learns one
+    "red tint" concept across skin tones instead of a tint per skin tone."""
+    dx = str(rec["diagnosis"])
+    caption = f"a dermoscopy image of {article(dx)} {dx}"
+    if rng.random() < LABELER_ATTRIBUTE_RATE:
+        caption += f" on {rec['skin']} skin"
+    if float(rec.get("tint", 0.0) or 0.0) > 0:
+        caption += ", with a red tint"
+    return caption
+
+
 def full_lesion_caption(rec: Mapping, rng: np.random.Generator) -> str:
     """A labeler caption for a lesion: the diagnosis, maybe the skin tone and the red tint."""
     dx = str(rec["diagnosis"])

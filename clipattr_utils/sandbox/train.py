@@ -4,7 +4,7 @@
     python -m clipattr_utils.sandbox.train --out-dir runs/x --n-objects 64 --n-lesions 16 \
         --max-steps 3 --batch-size 16 --eval none             # smoke test
     python -m clipattr_utils.sandbox.train --name sandbox-derm --n-objects 0 --n-lesions 12000 \
-        --epochs 15 --captions full --lesion-tint-rate 0.3 --eval lesion   # the dermatology CLIP
+        --epochs 15 --captions derm --lesion-tint-rate 0.3 --eval lesion   # the dermatology CLIP
 
 An open_clip ``CLIP`` built from the registered ``sandbox`` config, trained with open_clip's
 own `ClipLoss` on object-world images (planted modes (a)-(d)) mixed with lesion-world images
@@ -83,7 +83,8 @@ class TrainConfig:
     """Every this many steps, log zero-shot top-1 on 120 clean test images (0 = never)."""
     captions: str = "alt"
     """"alt": alt-text captions with the planted rules (the explained model); "full": captions
-    naming every attribute (the labeler, see `captions.full_object_caption`)."""
+    naming every attribute (the labeler, see `captions.full_object_caption`); "derm" (lesions
+    only): dermatology captions that always name the red tint (`captions.derm_lesion_caption`)."""
     model_config: dict = field(default_factory=lambda: json.loads(json.dumps(SANDBOX_CONFIG)))
 
 
@@ -163,8 +164,10 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def train(cfg: TrainConfig, command: str | None = None) -> dict:
     """Run one training; returns the record written next to the weights."""
-    if cfg.captions not in ("alt", "full"):
-        raise ValueError(f"captions must be 'alt' or 'full', got {cfg.captions!r}")
+    if cfg.captions not in ("alt", "full", "derm"):
+        raise ValueError(f"captions must be 'alt', 'full' or 'derm', got {cfg.captions!r}")
+    if cfg.captions == "derm" and cfg.n_objects:
+        raise ValueError("captions='derm' are lesion captions: they need n_objects=0")
     if cfg.eval not in ("full", "small", "lesion", "none"):
         raise ValueError(f"eval must be full, small, lesion or none, got {cfg.eval!r}")
     if cfg.n_objects < 0 or cfg.n_lesions < 0 or cfg.n_objects + cfg.n_lesions < 1 or cfg.batch_size < 2:
@@ -207,7 +210,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         recipe = None if rate is None else LesionRecipe(tint_rate_nevus=float(rate), tint_rate_melanoma=float(rate))
         lesions = make_lesion_dataset(cfg.n_lesions, "train", cfg.seed, size=image_size, recipe=recipe)
         parts.append(lesions.render_array(progress=True))
-        captions = captions + (lesions.captions if cfg.captions == "alt" else lesions.full_captions())
+        captions = captions + (lesions.captions if cfg.captions == "alt" else lesions.full_captions(cfg.captions))
     images = np.concatenate(parts)
     mean, std = _normalise_fn(preprocess)
     _check_fast_path(preprocess, images, mean, std)
@@ -338,8 +341,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--eval", default=d.eval, choices=["full", "small", "lesion", "none"])
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--note", default=d.note, help="free text stored in the record")
-    p.add_argument("--captions", default=d.captions, choices=["alt", "full"],
-                   help="alt: planted alt-text captions (the sandbox model); full: every attribute named (the labeler)")
+    p.add_argument("--captions", default=d.captions, choices=["alt", "full", "derm"],
+                   help="alt: planted alt-text captions (the sandbox model); full: every attribute named (the labeler); "
+                        "derm: lesion captions that always name the red tint (the dermatology CLIP)")
     p.add_argument("--model-config", default=None,
                    help="JSON file with an open_clip model config replacing the built-in sandbox architecture")
     a = p.parse_args(argv)

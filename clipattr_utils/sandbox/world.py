@@ -346,11 +346,18 @@ class SandboxImageSet(ImageSet):
         """Alt-text captions (the planted caption rules of `captions`)."""
         return list(self._table["caption"])
 
-    def full_captions(self) -> list[str]:
+    def full_captions(self, style: str = "full") -> list[str]:
         """Labeler captions (`captions.full_object_caption`): each can name any attribute --
-        background, word, watermark, red tint -- that alt-text hides. Deterministic from each
-        row's render seed."""
-        make = cap.full_object_caption if self.world == "objects" else cap.full_lesion_caption
+        background, word, watermark, red tint -- that alt-text hides. ``style="derm"`` (lesions
+        only): `captions.derm_lesion_caption`, which names the red tint whenever it is there.
+        Deterministic from each row's render seed."""
+        if style not in ("full", "derm") or (style == "derm" and self.world != "lesions"):
+            raise ValueError(f"full_captions: style must be 'full' or (lesions only) 'derm', got {style!r} "
+                             f"for the {self.world} world")
+        if self.world == "objects":
+            make = cap.full_object_caption
+        else:
+            make = cap.derm_lesion_caption if style == "derm" else cap.full_lesion_caption
         return [make(r, np.random.default_rng([int(r["render_seed"]), 1])) for r in self._records]
 
     def render_array(self, indices: Sequence[int] | None = None, progress: bool = False) -> np.ndarray:
