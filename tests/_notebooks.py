@@ -10,6 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SANDBOX_WEIGHTS = ROOT / "data" / "sandbox" / "sandbox.safetensors"
 LABELER_WEIGHTS = ROOT / "data" / "sandbox" / "sandbox-labeler.safetensors"
+DERM_WEIGHTS = ROOT / "data" / "sandbox" / "sandbox-derm.safetensors"
 
 
 def require_weights(path: Path = SANDBOX_WEIGHTS) -> None:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from _notebooks import SANDBOX_WEIGHTS, require_weights, run_notebook
+from _notebooks import DERM_WEIGHTS, require_weights, run_notebook
 
 
 @pytest.mark.slow
 def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
-    require_weights(SANDBOX_WEIGHTS)
+    require_weights(DERM_WEIGHTS)
     from sklearn.linear_model import LogisticRegression
 
     import clipattr_utils as ca
@@ -33,8 +33,10 @@ def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
     assert [r["probe"] for r in rel] == ["standard", "robust"] and rel[1]["alpha"] == 2.0
     for key in ("red_latent", "red_latent_rank", "red_latent_top_samples", "accuracy", "clean_cost"):
         assert key in summary, key
-    assert set(pool_kwargs) == {"pool", "pool_tinted", "sae_train"} and pool_kwargs["pool"]["seed"] == 3
+    assert set(pool_kwargs) == {"pool", "pool_tinted", "pool_untinted", "sae_train"} and pool_kwargs["pool"]["seed"] == 3
     assert pool_kwargs["pool_tinted"] == {**pool_kwargs["pool"], "tint": 0.35}
+    assert pool_kwargs["pool_untinted"] == {**pool_kwargs["pool"], "tint": 0.0}
+    assert pool_kwargs["pool"]["recipe"] == {"tint_rate_nevus": 0.2, "tint_rate_melanoma": 0.05}
     for png in ("accuracy.png", "alpha_sweep.png", "relevance.png", "red_latent_top.png", "latents_benign.png"):
         assert (out / png).stat().st_size > 5_000, png
     assert summary["seeds"] == [3, 4] and isinstance(summary["clean_cost"], float)
@@ -47,7 +49,8 @@ def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
 
     # Independently: rebuild the pool from pool.json, Eq. 32 by numpy on its pixels.
     pool = ca.sandbox.make_lesion_dataset(**pool_kwargs["pool"])
-    clip = ca.load_clip("sandbox")
+    assert summary["model"] == "sandbox-derm"
+    clip = ca.load_clip("sandbox-derm")
     x = ca.extract(clip, pool, cache, progress=False)
     assert x.ids == [pool.sample_id(i) for i in range(len(pool))]
     pixels = pool.render_array()
@@ -61,15 +64,33 @@ def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
             return torch.nn.functional.normalize(clip.head(t), dim=-1).double().numpy()
 
     y = np.asarray(pool.labels())
-    z, z_more = unit(x.read()), unit(x_more)
-    accs = []
-    for s in summary["seeds"]:
-        split = mel.split_indices(y, s)
-        clf = LogisticRegression(C=1.0, max_iter=5000).fit(z[split.train], y[split.train])
-        mel_test = split.test[y[split.test] == 1]
-        accs.append(100 * np.mean(clf.predict(z_more[mel_test]) == 1))
+
+    def standard_more_red(z, z_more):  # per seed: melanoma accuracy clean and under more red
+        out = []
+        for s in summary["seeds"]:
+            split = mel.split_indices(y, s)
+            clf = LogisticRegression(C=1.0, max_iter=5000).fit(z[split.train], y[split.train])
+            mel_test = split.test[y[split.test] == 1]
+            out.append((100 * np.mean(clf.predict(z[mel_test]) == 1), 100 * np.mean(clf.predict(z_more[mel_test]) == 1)))
+        return np.array(out)
+
+    accs = standard_more_red(unit(x.read()), unit(x_more))
     rec = next(r for r in recs if (r["probe"], r["condition"], r["class"]) == ("standard", "more_red", "melanoma"))
-    assert rec["mean"] == pytest.approx(np.mean(accs), abs=1e-6)
+    assert rec["mean"] == pytest.approx(accs[:, 1].mean(), abs=1e-6)
+
+    # The control: the same pool without its tint, Eq. 32 by numpy again.
+    untinted = ca.sandbox.make_lesion_dataset(**pool_kwargs["pool_untinted"])
+    u_pix = untinted.render_array()
+    clean_rows = (pool.attributes["tint"] == 0).to_numpy()  # the same lesions: untinted images identical
+    assert (untinted.attributes["tint"] == 0).all() and untinted.labels() == pool.labels()
+    assert clean_rows.any() and (u_pix[clean_rows] == pixels[clean_rows]).all()
+    u_more = u_pix.copy()
+    u_more[..., 0] = np.round(np.clip(u_pix[..., 0] / 255.0 * 2.0, 0, 1) * 255).astype(np.uint8)
+    xu = ca.extract(clip, ca.TensorImageSet(list(u_pix), pool.labels(), name="untinted-by-hand"), cache, progress=False)
+    xu_more = ca.extract(clip, ca.TensorImageSet(list(u_more), pool.labels(), name="untinted-more-red-by-hand"), cache,
+                         progress=False)
+    ctrl = standard_more_red(unit(xu.read()), unit(xu_more.read()))
+    assert summary["shortcut_control"]["drop"] == pytest.approx(float((ctrl[:, 0] - ctrl[:, 1]).mean()), abs=1e-6)
 
     # The red latent's top images from the SAE the notebook saved, and their tint.
     sae = ca.TopKSAE.load(out / "sae", d_in=clip.head.d_pre)
