@@ -44,3 +44,14 @@ def test_record_says_how_it_was_trained():
     recipe = rec["data"]["lesions"]["recipe"]
     assert recipe["tint_rate_nevus"] == recipe["tint_rate_melanoma"] > 0
     assert "--lesion-tint-rate" in rec["command"] and rec["train_config"]["captions"] == "derm"
+
+
+def test_markdown_report_has_a_lesion_only_section():
+    from clipattr_utils.sandbox import report
+
+    rec = json.loads((DATA / "sandbox-derm.record.json").read_text())
+    md = report.markdown()
+    section = md[md.index("### `sandbox-derm`"):]
+    assert "0 object images + 12000 lesion images, derm captions" in section
+    assert f"drops {rec['scores']['lesion']['drop_melanoma']:.1f}" in section
+    assert f"moves {rec['scores']['lesion_zero_shot']['mean_shift']:+.3f}" in section

@@ -44,7 +44,7 @@ def _model_section(rec: dict, title: str) -> str:
         out[-1:] = [f"- record rebuilt: {rec['record_rebuilt']}", ""]
     if s and "zero_shot" not in s:  # a lesion-only model (`measure_lesions`)
         le, lz = s["lesion"], s["lesion_zero_shot"]
-        out += [f"- lesions: a probe trained on the world's confounded lesions drops {le['drop_melanoma']:.1f} "
+        out[-1:] = [f"- lesions: a probe trained on the world's confounded lesions drops {le['drop_melanoma']:.1f} "
                 f"+- {le['sem_melanoma']:.1f} points of melanoma accuracy with the hue; zero-shot P(melanoma) "
                 f"moves {lz['mean_shift']:+.3f} with it (diagnosis AUROC {lz['auc_diagnosis']:.3f})"]
     elif s:
