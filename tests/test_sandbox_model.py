@@ -260,8 +260,11 @@ def test_shipped_files(record):
     assert cfg["text_cfg"]["vocab_size"] == 49408
     assert cfg["vision_cfg"].get("pool_type", "tok") == "tok"
     assert cfg["vision_cfg"]["image_size"] == 64
-    total = sum(p.stat().st_size for p in DATA.glob("sandbox*.safetensors"))
-    assert WEIGHTS.stat().st_size <= 20 * 1024 * 1024 and total <= 20 * 1024 * 1024
+    # Issue 3: the shipped weights <= 20 MB each. Three models (sandbox, labeler, derm: 7.2 MiB
+    # each, most of it the 49,408-token text embedding) stay under 25 MiB together.
+    sizes = {p.name: p.stat().st_size for p in DATA.glob("sandbox*.safetensors")}
+    assert WEIGHTS.name in sizes and all(n <= 20 * 1024 * 1024 for n in sizes.values()), sizes
+    assert sum(sizes.values()) <= 25 * 1024 * 1024, sizes
     assert record["command"].startswith("python -m clipattr_utils.sandbox.train")
     assert record["seed"] == record["train_config"]["seed"]
     assert record["data"]["objects"]["split"] == "train"

@@ -72,8 +72,8 @@ class TrainConfig:
     threads: int | None = None
     device: str = "auto"
     storage_dtype: str = "float16"
-    """"float16" (default: both shipped models together stay under 20 MB), "float32", or
-    "auto" (float16 only when float32 would exceed 20 MB)."""
+    """"float16" (default: each shipped model 7.2 MiB, the three together under 25 MiB),
+    "float32", or "auto" (float16 only when float32 would exceed 20 MB)."""
     eval: str = "full"
     """"full", "small", "lesion" (the lesion measurements only; what a lesion-only model can
     be measured on) or "none": planted-mode measurements written to the record."""
