@@ -120,7 +120,7 @@ NOTEBOOK_PARAMETERS = {
     "02_labeling": ['model_name = "sandbox"', 'labeler_name = "sandbox-labeler"', "sae_dir = None"],
     "03_faithfulness": ['model_name = "sandbox"', "sae_dir = None"],
     "04_failure_mining": ['model_name = "sandbox"', "sae_dir = None"],
-    "05_melanoma_case": ['model_name = "sandbox"', "isic_csv = None", "alpha = 0.5"],
+    "05_melanoma_case": ['model_name = "sandbox-derm"', "isic_csv = None", "alpha = 0.5"],
 }
 
 
