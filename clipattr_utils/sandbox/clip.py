@@ -52,7 +52,7 @@ class SandboxCLIP(NamedTuple):
     tokenizer: Any
     """open_clip tokenizer for the config (context length from ``text_cfg``)."""
     name: str
-    """Registered model name ("sandbox" or "sandbox-labeler")."""
+    """Registered model name ("sandbox", "sandbox-labeler" or "sandbox-derm")."""
 
 
 def write_config(path: str | Path, config: dict | None = None) -> Path:
