@@ -388,6 +388,11 @@ def test_lesion_recipe_as_a_dict_is_the_recipe():
         sb.make_lesion_dataset(5, recipe={"tint_nevus": 0.2})
     with pytest.raises(ValueError, match="clean=True"):
         sb.make_lesion_dataset(5, clean=True, recipe=rates)
+    # rates are probabilities: 20 meant as 20 % is refused, naming the field
+    with pytest.raises(ValueError, match=r"LesionRecipe.tint_rate_nevus .*\[0, 1\].*20"):
+        sb.make_lesion_dataset(5, recipe={"tint_rate_nevus": 20})
+    with pytest.raises(ValueError, match="LesionRecipe.melanoma_rate"):
+        LesionRecipe(melanoma_rate=-0.1)
 
 
 def test_derm_captions_always_name_the_tint_and_only_for_lesions():

@@ -15,7 +15,7 @@ import os
 from typing import Any
 
 from ..data import ISIC2019, ImageSet
-from ..sandbox.world import make_lesion_dataset
+from ..sandbox.world import LesionRecipe, make_lesion_dataset
 
 
 POOL_TINT_RATE: dict[str, float] = {"nevus": 0.2, "melanoma": 0.05}
@@ -34,9 +34,10 @@ def sandbox_recipes(n_pool: int = 3000, n_sae_train: int = 4000, seed: int = 0, 
     if n_pool < 20:
         raise ValueError(f"n_pool must be >= 20 lesion images, got {n_pool}")
     rate = dict(POOL_TINT_RATE if tint_rate is None else tint_rate)
-    if set(rate) != {"nevus", "melanoma"} or not all(0.0 <= float(v) <= 1.0 for v in rate.values()):
-        raise ValueError(f"tint_rate must be {{'nevus': p, 'melanoma': q}} with p, q in [0, 1], got {tint_rate}")
+    if set(rate) != {"nevus", "melanoma"}:
+        raise ValueError(f"tint_rate must be {{'nevus': p, 'melanoma': q}}, got {tint_rate}")
     recipe = {"tint_rate_nevus": float(rate["nevus"]), "tint_rate_melanoma": float(rate["melanoma"])}
+    LesionRecipe(**recipe)  # the range check, before any image is drawn
     return {"pool": {"n": int(n_pool), "split": "test", "seed": int(seed), "size": int(size), "recipe": recipe},
             "sae_train": {"n": int(n_sae_train), "split": "train", "seed": int(seed) + 1, "size": int(size)}}
 

@@ -140,6 +140,13 @@ class LesionRecipe:
     tint_rate_nevus: float = LESION_TINT_RATE["nevus"]
     tint_rate_melanoma: float = LESION_TINT_RATE["melanoma"]
 
+    def __post_init__(self) -> None:
+        # Rates are probabilities; a typo such as 20 for 0.2 would otherwise tint every image.
+        for name in ("melanoma_rate", "tint_rate_nevus", "tint_rate_melanoma"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"LesionRecipe.{name} must be a probability in [0, 1], got {value!r}")
+
     @classmethod
     def clean(cls) -> "LesionRecipe":
         return cls(tint_rate_nevus=0.0, tint_rate_melanoma=0.0)
