@@ -20,8 +20,9 @@ the head. Per seed (the seed draws the probe's training split and the augmentati
 
 The red latent itself is found once, from the first seed's standard probe, without naming
 it: among the ``n_candidates`` latents most relevant for the benign class, the one whose
-top images are reddest (a pixel statistic, :func:`redness`); a ground-truth attribute (the
-sandbox's ``tint``) only checks the choice afterwards.
+activation rises most when red is added to the images (:func:`red_response`, Eq. 32's
+"more red" condition; without it, the one whose top images are reddest, :func:`redness`);
+a ground-truth attribute (the sandbox's ``tint``) only checks the choice afterwards.
 
 Accuracies are stored in percent; ``clean_cost`` is robust minus standard clean (no red-hue
 change) balanced accuracy, the mean of the two class accuracies, in points (negative: the
@@ -84,15 +85,15 @@ class CaseConfig:
     n_candidates: int = 3
     """How many of the benign class's most relevant latents are candidates for the red latent."""
     n_top: int = 20
-    """Top-activating images per latent for the redness score and the purity check."""
+    """Top-activating images per latent for the grids, the redness score and the purity check."""
     select_alpha: bool = True
     """Also fit "robust_val": the robust probe with alpha (and, among ``direction_latents``,
     the latent of Eq. 33) chosen on a validation part of the training samples (never the
     test samples), see :func:`choose_direction`."""
     n_direction_candidates: int = 5
     """For "robust_val": how many of the benign class's most relevant latents may give Eq. 33's
-    direction; of those, the red ones (:func:`red_candidates`: top images at least
-    ``min_redness_frac`` as red as the reddest candidate's) are tried on validation. 1: the
+    direction; of those, the red ones (:func:`red_candidates`: a red response at least
+    ``min_redness_frac`` of the largest) are tried on validation. 1: the
     red latent only (the paper's single red latent). Read by the notebook, which passes the
     resulting latents to :func:`run_case` as ``direction_latents``."""
     min_redness_frac: float = 0.5
@@ -200,17 +201,23 @@ def explain_standard(data: "CaseData", seed: int, cfg: "CaseConfig | None" = Non
     return clf, pr.class_relevance(attr, data.labels[split.train], data.sae.d_sae, CLASSES), split
 
 
-def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_candidates: int = 3,
-                    n_top: int = 20, attribute: Sequence[float] | None = None, n_reference: int = 200,
-                    seed: int = 0) -> RedLatent:
-    """The red latent without naming it: among the ``n_candidates`` latents most relevant
-    for the benign class (``table`` from `probe.class_relevance`), the one whose top
-    ``n_top`` images (rows of ``code``, which must be the clean tokens of ``image_set``) are
-    reddest (:func:`redness`, relative to ``n_reference`` random images of the set).
+def red_response(code: EncoderOutput, red_code: EncoderOutput, latents: Sequence[int]) -> dict[int, float]:
+    """Per latent, its mean activation change when red is added to the images (Eq. 32):
+    ``red_code`` is the SAE code of the same images as ``code`` under "more red". A latent
+    "highly sensitive to red tones" (App. E) rises; one for the lesion's own untinted colour
+    falls, however red its top images may look."""
+    if tuple(code.indices.shape) != tuple(red_code.indices.shape):
+        raise ValueError(f"red_response: the codes cover different images ({tuple(code.indices.shape)} vs "
+                         f"{tuple(red_code.indices.shape)}); both must encode the same rows")
+    return {int(j): float((dr.dense_activation(red_code, j) - dr.dense_activation(code, j)).mean()) for j in latents}
 
-    ``attribute`` (e.g. the sandbox's ``tint`` column) is used only for the reported purity
-    of every candidate: the share of its top images where the attribute is > 0.
-    """
+
+def _candidate_table(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_candidates: int, n_top: int,
+                     attribute: Sequence[float] | None, n_reference: int, seed: int,
+                     red_code: EncoderOutput | None) -> tuple[pd.DataFrame, dict, str]:
+    """The ``n_candidates`` most relevant benign latents with the redness of their top
+    ``n_top`` images, their red response (given ``red_code``) and, given ``attribute``, the
+    purity; those rows per latent; and the column that decides ("response" or "redness")."""
     ben = table[table["class"] == CLASSES[0]].sort_values("rank")
     if ben.empty:
         raise ValueError("find_red_latent: the table has no benign rows")
@@ -220,38 +227,64 @@ def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_
     ref_rows = rng.choice(len(image_set), min(int(n_reference), len(image_set)), replace=False)
     base = float(np.mean([redness(image_set.load_image(int(i))) for i in ref_rows]))
     attr = None if attribute is None else np.asarray(attribute, dtype=np.float64)
+    response = None if red_code is None else red_response(code, red_code, cand["latent"].tolist())
     recs = []
     for r in cand.itertuples():
         top = rows[int(r.latent)]
         red = float(np.mean([redness(image_set.load_image(int(i))) for i in top])) - base if top else float("nan")
         rec = {"latent": int(r.latent), "rank": int(r.rank), "relevance": float(r.relevance),
                "share": float(r.share), "n_top": len(top), "redness": red}
+        if response is not None:
+            rec["response"] = response[int(r.latent)]
         if attr is not None:
             rec["purity"] = float((attr[top] > 0).mean()) if top else float("nan")
         recs.append(rec)
-    df = pd.DataFrame(recs)
-    best = df.loc[df["redness"].idxmax()]
+    return pd.DataFrame(recs), rows, ("redness" if response is None else "response")
+
+
+def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_candidates: int = 3,
+                    n_top: int = 20, attribute: Sequence[float] | None = None, n_reference: int = 200,
+                    seed: int = 0, red_code: EncoderOutput | None = None) -> RedLatent:
+    """The red latent without naming it: among the ``n_candidates`` latents most relevant
+    for the benign class (``table`` from `probe.class_relevance`), the one most sensitive
+    to red tones.
+
+    With ``red_code`` (the SAE code of the same images under Eq. 32's "more red",
+    `CaseData.code_of`), that is the latent whose activation rises most when red is added
+    (:func:`red_response`): the paper's test of the red latent, made before the choice.
+    Without it, the latent whose top ``n_top`` images (rows of ``code``, the clean tokens of
+    ``image_set``) are reddest (:func:`redness`, relative to ``n_reference`` random images of
+    the set) -- a pixel statistic that also rewards latents of naturally red lesions: on the
+    sandbox it often chose a latent of red-looking but untinted images while a tint latent
+    was among the candidates (README, melanoma section).
+
+    ``attribute`` (e.g. the sandbox's ``tint`` column) is used only for the reported purity
+    of every candidate: the share of its top images where the attribute is > 0.
+    """
+    df, rows, by = _candidate_table(table, code, image_set, n_candidates, n_top, attribute, n_reference, seed, red_code)
+    best = df.loc[df[by].idxmax()]
     j = int(best["latent"])
     return RedLatent(j, int(best["rank"]), [int(i) for i in rows[j]], df,
-                     None if attr is None else float(best["purity"]))
+                     None if attribute is None else float(best["purity"]))
 
 
 def red_candidates(table: pd.DataFrame, code: EncoderOutput, image_set: Any, red_latent: int,
                    n_candidates: int = 5, min_frac: float = 0.5, n_top: int = 20,
-                   seed: int = 0) -> tuple[list[int], pd.DataFrame]:
+                   seed: int = 0, n_reference: int = 200,
+                   red_code: EncoderOutput | None = None) -> tuple[list[int], pd.DataFrame]:
     """The latents that may give Eq. 33's direction for "robust_val": among the
-    ``n_candidates`` latents most relevant for the benign class, those whose top images are
-    red (:func:`redness` of their top ``n_top`` images relative to the set, as in
-    :func:`find_red_latent`) by at least ``min_frac`` of the reddest candidate's redness.
-    The red latent comes first (always included); the others follow by benign rank.
+    ``n_candidates`` latents most relevant for the benign class, the red ones by the same
+    measure as :func:`find_red_latent` (the red response given ``red_code``, else the
+    redness of their top ``n_top`` images), positive and at least ``min_frac`` of the
+    largest. The red latent comes first (always included); the others follow by benign rank.
 
-    Returns the latent ids and the candidate table (with ``redness`` and ``kept``)."""
+    Returns the latent ids and the candidate table (with ``redness``, ``response`` where
+    computed, and ``kept``)."""
     if not 0.0 <= min_frac <= 1.0:
         raise ValueError(f"red_candidates: min_frac must be in [0, 1], got {min_frac}")
-    found = find_red_latent(table, code, image_set, n_candidates=n_candidates, n_top=n_top, seed=seed)
-    df = found.candidates.copy()
-    top = float(df["redness"].max())
-    df["kept"] = (df["redness"] > 0) & (df["redness"] >= min_frac * top) if top > 0 else False
+    df, _, by = _candidate_table(table, code, image_set, n_candidates, n_top, None, n_reference, seed, red_code)
+    top = float(df[by].max())
+    df["kept"] = (df[by] > 0) & (df[by] >= min_frac * top) if top > 0 else False
     df.loc[df["latent"] == int(red_latent), "kept"] = True
     latents = [int(red_latent)] + [int(j) for j in df.loc[df["kept"], "latent"] if int(j) != int(red_latent)]
     return latents, df
@@ -305,6 +338,19 @@ class CaseData:
         with torch.no_grad():
             self.code = self.sae.encode(self.tokens["none"].to(next(self.sae.parameters()).device))
         self.code = EncoderOutput(self.code.indices.cpu(), self.code.values.detach().cpu())
+        self._codes: dict[str, EncoderOutput] = {}
+
+    def code_of(self, condition: str) -> EncoderOutput:
+        """The SAE code of the tokens under ``condition`` (on the CPU; cached)."""
+        if condition not in self.tokens:
+            raise ValueError(f"CaseData.code_of: no condition {condition!r}; have {self.conditions}")
+        if condition == "none":
+            return self.code
+        if condition not in self._codes:
+            with torch.no_grad():
+                c = self.sae.encode(self.tokens[condition].to(next(self.sae.parameters()).device))
+            self._codes[condition] = EncoderOutput(c.indices.cpu(), c.values.detach().cpu())
+        return self._codes[condition]
 
     @property
     def n(self) -> int:
@@ -355,11 +401,18 @@ def _direction(data: CaseData, ben: np.ndarray, red_latent: int, cfg: CaseConfig
     return dr.red_direction(space_x[ben], acts, red_latent, cfg.threshold_mode, cfg.threshold_params), acts
 
 
-def _drop_and_clean(clf: Any, data: CaseData, rows: np.ndarray) -> tuple[float, float]:
+def _clean_and_shifted(clf: Any, data: CaseData, rows: np.ndarray,
+                       condition: str = "more_red") -> tuple[dict[int, float], dict[int, float]]:
+    """Per-class accuracy ({0: benign, 1: melanoma}) of ``clf`` on ``rows``: clean and under ``condition``."""
     y = data.labels[rows]
-    none = pr.class_accuracy(clf, data.emb["none"][rows], y)
-    more = pr.class_accuracy(clf, data.emb["more_red"][rows], y)
-    return 100.0 * (none[1] - more[1]), 50.0 * (none[0] + none[1])
+    return (pr.class_accuracy(clf, data.emb["none"][rows], y),
+            pr.class_accuracy(clf, data.emb[condition][rows], y))
+
+
+def _drop_and_clean(clf: Any, data: CaseData, rows: np.ndarray) -> tuple[float, float]:
+    """(melanoma drop under more red, clean balanced accuracy), in points."""
+    clean, shifted = _clean_and_shifted(clf, data, rows)
+    return 100.0 * (clean[1] - shifted[1]), 50.0 * (clean[0] + clean[1])
 
 
 def validation_parts(labels: Sequence[int], train: np.ndarray, seed: int, val_frac: float = 0.25,
@@ -656,9 +709,7 @@ def standard_drops(data: CaseData, seeds: Sequence[int], cfg: CaseConfig | None 
     for s in seeds:
         split = split_indices(data.labels, int(s), cfg.train_frac, cfg.n_train_other, cfg.n_test_other)
         clf = pr.fit_probe(data.emb["none"][split.train], data.labels[split.train], C=cfg.C)
-        y = data.labels[split.test]
-        clean = pr.class_accuracy(clf, data.emb["none"][split.test], y)
-        shifted = pr.class_accuracy(clf, data.emb[condition][split.test], y)
+        clean, shifted = _clean_and_shifted(clf, data, split.test, condition)
         rows.append({"seed": int(s), "condition": condition, "benign_clean": 100.0 * clean[0],
                      "melanoma_clean": 100.0 * clean[1], "melanoma_shifted": 100.0 * shifted[1],
                      "drop": 100.0 * (clean[1] - shifted[1])})
@@ -753,7 +804,7 @@ def config_dict(cfg: CaseConfig) -> dict[str, Any]:
     return d
 
 
-__all__ = ["CLASSES", "CONDITIONS", "CaseConfig", "Split", "split_indices", "redness", "RedLatent",
+__all__ = ["CLASSES", "CONDITIONS", "CaseConfig", "Split", "split_indices", "redness", "red_response", "RedLatent",
            "find_red_latent", "red_candidates", "given_red_latent", "explain_standard", "CaseData", "robust_probe",
            "validation_parts", "choose_direction", "choose_alpha", "SeedResult",
            "run_seed", "sem", "CaseResult", "run_case", "compare_latents", "build_summary", "json_safe", "config_dict"]
