@@ -240,6 +240,55 @@ def test_find_red_latent_on_constructed_data():
     assert only_top.latent == 5 and only_top.purity is None
 
 
+def _code(acts: dict[int, np.ndarray]) -> EncoderOutput:
+    """A sparse code holding every latent of ``acts`` (latent id -> (N,) activations)."""
+    a = np.stack(list(acts.values()), 1)
+    order = np.argsort(-a, axis=1)
+    return EncoderOutput(torch.as_tensor(np.array(list(acts))[order]), torch.as_tensor(np.take_along_axis(a, order, 1)))
+
+
+def test_red_response_by_hand_and_it_decides_over_redness():
+    """Latent 2 (rank 1) fires on naturally red lesions, the reddest images of the pool, but
+    does not move when red is added; latent 9 (rank 2) fires on the tinted images and rises
+    under more red; latent 5 (rank 3, untinted skin) falls. The pixel statistic picks 2, the
+    red response picks 9."""
+    n = 30
+    kind = np.arange(n) % 3                       # 0: tinted, 1: naturally red, 2: grey
+    colour = {0: (190, 80, 80), 1: (240, 20, 20), 2: (120, 120, 120)}
+    pool = TensorImageSet([np.full((8, 8, 3), colour[k], np.uint8) for k in kind], labels=[0] * n)
+    clean = {9: np.where(kind == 0, 3.0, 0.2), 2: np.where(kind == 1, 2.5, 0.1), 5: np.where(kind == 2, 2.0, 0.3)}
+    more_red = {9: clean[9] + 1.5, 2: clean[2].copy(), 5: clean[5] - np.where(kind == 2, 1.2, 0.3)}
+    code, red_code = _code(clean), _code(more_red)
+    # by hand: 9 rises 1.5 everywhere; 5 falls 1.2 on a third of the images and 0.3 on the rest
+    assert mel.red_response(code, red_code, [9, 2, 5]) == pytest.approx({9: 1.5, 2: 0.0, 5: -(1.2 + 2 * 0.3) / 3})
+    table = pd.DataFrame({"class": "benign", "label": 0, "latent": [2, 9, 5], "relevance": [0.4, 0.3, 0.2],
+                          "share": [0.4, 0.3, 0.2], "active": 1.0, "rank": [1, 2, 3]})
+    tinted = (kind == 0).astype(float)
+    by_pixels = mel.find_red_latent(table, code, pool, n_candidates=3, n_top=10, attribute=tinted)
+    assert (by_pixels.latent, by_pixels.purity) == (2, 0.0)
+    found = mel.find_red_latent(table, code, pool, n_candidates=3, n_top=10, attribute=tinted, red_code=red_code)
+    assert (found.latent, found.rank, found.purity) == (9, 2, 1.0)
+    assert found.candidates.set_index("latent")["response"].to_dict() == pytest.approx({2: 0.0, 9: 1.5, 5: -0.6})
+    # the direction candidates use the same measure: only 9 rises at all
+    assert mel.red_candidates(table, code, pool, 9, n_candidates=3, n_top=10, red_code=red_code)[0] == [9]
+    with pytest.raises(ValueError, match="different images"):
+        mel.red_response(code, _code({j: v[:10] for j, v in more_red.items()}), [9])
+
+
+def test_case_data_code_of_a_condition_is_the_sae_code_of_its_tokens():
+    torch.manual_seed(0)
+    sae = TopKSAE(6, 12, 3)
+    head = Head(torch.ones(6), torch.zeros(6), torch.randn(6, 4), 1e-5)
+    x = torch.randn(20, 6)
+    data = mel.CaseData({"none": x, "more_red": x + 1.0}, np.arange(20) % 2, head, sae)
+    direct = sae.encode(x + 1.0)
+    got = data.code_of("more_red")
+    assert torch.equal(got.indices, direct.indices) and torch.allclose(got.values, direct.values)
+    assert data.code_of("more_red") is got and data.code_of("none") is data.code
+    with pytest.raises(ValueError, match="no condition 'less_red'"):
+        data.code_of("less_red")
+
+
 # -------------------------------------------------------------------- run and summaries
 
 

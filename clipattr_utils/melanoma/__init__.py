@@ -6,7 +6,8 @@
     feats = mel.condition_features(clip, sets["pool"], cache)     # none / more red / less red (Eq. 32)
     data = mel.CaseData(feats, feats["none"].labels, clip.head, sae, feats["none"].ids, tint)
     clf, table, split = mel.explain_standard(data, seed)          # probe + per-class latent relevance
-    red = mel.find_red_latent(table, data.code, sets["pool"])      # top benign latent with red images
+    red = mel.find_red_latent(table, data.code, sets["pool"],      # the top benign latent that rises
+                              red_code=data.code_of("more_red"))   # most when red is added
     result = mel.run_case(data, red.latent, range(seed, seed + 5)) # standard vs robust (Eq. 33/34)
     result.accuracy_summary(); result.target(); result.sweep_summary()
 
@@ -26,7 +27,7 @@ from .direction import PAPER_STD, Direction, dense_activation, latent_augment, r
 from .experiment import (CLASSES, CaseConfig, CaseData, CaseResult, RedLatent, Split, build_summary, choose_alpha,
                          choose_direction, red_candidates, validation_parts,
                          compare_latents, given_red_latent, json_safe,
-                         config_dict, explain_standard, find_red_latent, redness, robust_probe, run_case, run_seed,
+                         config_dict, explain_standard, find_red_latent, red_response, redness, robust_probe, run_case, run_seed,
                          standard_drops,
                          sem, split_indices)
 from .hue import CONDITIONS, LESS_RED, MORE_RED, RedHueImageSet, condition_features, condition_sets, red_hue
@@ -40,7 +41,7 @@ __all__ = [
     "red_hue", "RedHueImageSet", "condition_sets", "condition_features", "CONDITIONS", "MORE_RED", "LESS_RED",
     "embed", "fit_probe", "class_accuracy", "probe_relevance", "class_relevance", "rank_of", "relevance_of",
     "Direction", "PAPER_STD", "dense_activation", "thresholds", "red_direction", "latent_augment",
-    "CLASSES", "CaseConfig", "CaseData", "CaseResult", "RedLatent", "Split", "split_indices", "redness",
+    "CLASSES", "CaseConfig", "CaseData", "CaseResult", "RedLatent", "Split", "split_indices", "redness", "red_response",
     "find_red_latent", "given_red_latent", "explain_standard", "robust_probe", "choose_alpha", "choose_direction",
     "red_candidates", "validation_parts", "run_seed", "run_case",
     "compare_latents", "standard_drops",
