@@ -566,12 +566,14 @@ def test_standard_drops_separates_a_learned_shortcut_from_one_in_the_embedding()
 def test_sandbox_recipes_carry_the_probe_data_tint_rates():
     rec = mel.sandbox_recipes(200, 100, seed=2)
     want = {"tint_rate_nevus": mel.sets.POOL_TINT_RATE["nevus"], "tint_rate_melanoma": mel.sets.POOL_TINT_RATE["melanoma"]}
-    assert rec["pool"]["recipe"] == want and "recipe" not in rec["sae_train"]  # the SAE: the world's own rates
+    assert rec["pool"]["recipe"] == want and rec["sae_train"]["recipe"] == want  # the SAE: the probe's distribution
+    assert (rec["sae_train"]["split"], rec["sae_train"]["seed"]) == ("train", 3)  # ... but other images
     assert json.loads(json.dumps(rec)) == rec  # what pool.json stores rebuilds the sets
-    pool = mel.make_sets({"pool": mel.sandbox_recipes(2000, 10, tint_rate={"nevus": 0.6, "melanoma": 0.0})["pool"]})["pool"]
-    a = pool.attributes
-    assert (a.loc[a["diagnosis"] == "melanoma", "tint"] == 0).all()
-    assert 0.55 < (a.loc[a["diagnosis"] == "nevus", "tint"] > 0).mean() < 0.65
+    sets = mel.make_sets(mel.sandbox_recipes(2000, 2000, tint_rate={"nevus": 0.6, "melanoma": 0.0}))
+    for name in ("pool", "sae_train"):
+        a = sets[name].attributes
+        assert (a.loc[a["diagnosis"] == "melanoma", "tint"] == 0).all(), name
+        assert 0.55 < (a.loc[a["diagnosis"] == "nevus", "tint"] > 0).mean() < 0.65, name
     with pytest.raises(ValueError, match="tint_rate"):
         mel.sandbox_recipes(tint_rate={"nevus": 0.2})
     with pytest.raises(ValueError, match="tint_rate"):
