@@ -90,12 +90,15 @@ class CaseConfig:
     """Also fit "robust_val": the robust probe with alpha (and, among ``direction_latents``,
     the latent of Eq. 33) chosen on a validation part of the training samples (never the
     test samples), see :func:`choose_direction`."""
-    n_direction_candidates: int = 5
+    n_direction_candidates: int = 10
     """For "robust_val": how many of the benign class's most relevant latents may give Eq. 33's
     direction; of those, the red ones (:func:`red_candidates`: a red response at least
     ``min_redness_frac`` of the largest) are tried on validation. 1: the
     red latent only (the paper's single red latent). Read by the notebook, which passes the
-    resulting latents to :func:`run_case` as ``direction_latents``."""
+    resulting latents to :func:`run_case` as ``direction_latents``. 10 rather than 5: the
+    sandbox SAEs split the hue over several latents, and the one ranked within the top 3 may
+    cover only part of the tinted images (world 11: its top 5 % of benign activations were
+    57 % tinted, cut 30 %; with the strongly responding latents at ranks 6 and 9 tried too, 55 %)."""
     min_redness_frac: float = 0.5
     """See ``n_direction_candidates``."""
     val_frac: float = 0.25
