@@ -273,6 +273,13 @@ def test_red_response_by_hand_and_it_decides_over_redness():
     assert mel.red_candidates(table, code, pool, 9, n_candidates=3, n_top=10, red_code=red_code)[0] == [9]
     with pytest.raises(ValueError, match="different images"):
         mel.red_response(code, _code({j: v[:10] for j, v in more_red.items()}), [9])
+    # when none of the top candidates rises (5 falls, 2 stays), the search goes on and says so
+    low = table.assign(latent=[5, 2, 9])
+    narrow = mel.find_red_latent(low, code, pool, n_candidates=2, n_top=10, red_code=red_code)
+    assert (narrow.latent, narrow.note) == (2, "")      # without max_candidates: the best of the two
+    wide = mel.find_red_latent(low, code, pool, n_candidates=2, n_top=10, red_code=red_code, max_candidates=3)
+    assert (wide.latent, wide.rank) == (9, 3) and "none of the 2 most relevant" in wide.note
+    assert "-0.60, +0.00" in wide.note and len(wide.candidates) == 3
 
 
 def test_case_data_code_of_a_condition_is_the_sae_code_of_its_tokens():

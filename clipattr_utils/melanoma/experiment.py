@@ -192,6 +192,8 @@ class RedLatent:
     the pool's mean redness) and, where an attribute was given, purity."""
     purity: float | None
     """Share of its top images that carry the attribute (the sandbox's tint), when known."""
+    note: str = ""
+    """Why the choice needs a second look, e.g. the search had to go below the top candidates."""
 
 
 def explain_standard(data: "CaseData", seed: int, cfg: "CaseConfig | None" = None) -> tuple[Any, pd.DataFrame, Split]:
@@ -247,7 +249,8 @@ def _candidate_table(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n
 
 def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_candidates: int = 3,
                     n_top: int = 20, attribute: Sequence[float] | None = None, n_reference: int = 200,
-                    seed: int = 0, red_code: EncoderOutput | None = None) -> RedLatent:
+                    seed: int = 0, red_code: EncoderOutput | None = None,
+                    max_candidates: int | None = None) -> RedLatent:
     """The red latent without naming it: among the ``n_candidates`` latents most relevant
     for the benign class (``table`` from `probe.class_relevance`), the one most sensitive
     to red tones.
@@ -261,14 +264,26 @@ def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_
     sandbox it often chose a latent of red-looking but untinted images while a tint latent
     was among the candidates (README, melanoma section).
 
+    If no candidate rises under more red (all responses <= 0: the top latents are the
+    lesions' untinted colours, which adding red switches off) and ``max_candidates`` is
+    larger, the search goes on among the top ``max_candidates``; the latent's true rank is
+    reported and :attr:`RedLatent.note` says so (the paper's claim, a red latent among the
+    *most* relevant, then does not hold for this SAE).
+
     ``attribute`` (e.g. the sandbox's ``tint`` column) is used only for the reported purity
     of every candidate: the share of its top images where the attribute is > 0.
     """
     df, rows, by = _candidate_table(table, code, image_set, n_candidates, n_top, attribute, n_reference, seed, red_code)
+    note = ""
+    if by == "response" and not (df["response"] > 0).any() and max_candidates and max_candidates > n_candidates:
+        note = (f"none of the {n_candidates} most relevant benign latents rises under more red "
+                f"(responses {', '.join(f'{v:+.2f}' for v in df['response'])}); searched the top {max_candidates}")
+        df, rows, by = _candidate_table(table, code, image_set, max_candidates, n_top, attribute, n_reference, seed,
+                                        red_code)
     best = df.loc[df[by].idxmax()]
     j = int(best["latent"])
     return RedLatent(j, int(best["rank"]), [int(i) for i in rows[j]], df,
-                     None if attribute is None else float(best["purity"]))
+                     None if attribute is None else float(best["purity"]), note)
 
 
 def red_candidates(table: pd.DataFrame, code: EncoderOutput, image_set: Any, red_latent: int,
@@ -756,6 +771,7 @@ def build_summary(result: CaseResult, red: RedLatent, ids: Sequence[str], **extr
         "red_latent_rank": int(red.rank),
         "red_latent_top_samples": [ids[i] for i in red.top_rows],
         "red_latent_purity": red.purity,
+        "red_latent_note": red.note,
         "red_latent_candidates": records(red.candidates),
         "seeds": list(result.seeds),
         "accuracy": records(result.accuracy_summary()),
