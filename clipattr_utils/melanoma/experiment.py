@@ -189,7 +189,8 @@ class RedLatent:
     """Rows (of the pool) of its ``n_top`` most activating images, most active first."""
     candidates: pd.DataFrame
     """The candidates: latent, rank, relevance, share, redness (of their top images, minus
-    the pool's mean redness) and, where an attribute was given, purity."""
+    the pool's mean redness), response (:func:`red_response`, where the "more red" code was
+    given) and, where an attribute was given, purity."""
     purity: float | None
     """Share of its top images that carry the attribute (the sandbox's tint), when known."""
     note: str = ""
@@ -287,7 +288,7 @@ def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_
 
 
 def red_candidates(table: pd.DataFrame, code: EncoderOutput, image_set: Any, red_latent: int,
-                   n_candidates: int = 5, min_frac: float = 0.5, n_top: int = 20,
+                   n_candidates: int = 10, min_frac: float = 0.5, n_top: int = 20,
                    seed: int = 0, n_reference: int = 200,
                    red_code: EncoderOutput | None = None) -> tuple[list[int], pd.DataFrame]:
     """The latents that may give Eq. 33's direction for "robust_val": among the
