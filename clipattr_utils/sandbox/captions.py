@@ -115,24 +115,19 @@ def full_object_caption(rec: Mapping, rng: np.random.Generator) -> str:
 
 
 def derm_lesion_caption(rec: Mapping, rng: np.random.Generator) -> str:
-    """A dermatology report caption (the melanoma case's lesion CLIP): the diagnosis, the skin
-    tone half of the time, and the red tint whenever it is there -- so the CLIP learns one
-    "red tint" concept across skin tones instead of a tint per skin tone."""
+    """A dermatology report caption (the melanoma case's lesion CLIP): the labeler's lesion
+    caption with the red tint named whenever it is there -- so the CLIP learns one "red tint"
+    concept across skin tones instead of a tint per skin tone."""
+    return full_lesion_caption(rec, rng, tint_rate=1.0)
+
+
+def full_lesion_caption(rec: Mapping, rng: np.random.Generator, tint_rate: float = LABELER_ATTRIBUTE_RATE) -> str:
+    """A labeler caption for a lesion: the diagnosis, maybe the skin tone and (with
+    probability ``tint_rate`` where present) the red tint."""
     dx = str(rec["diagnosis"])
     caption = f"a dermoscopy image of {article(dx)} {dx}"
     if rng.random() < LABELER_ATTRIBUTE_RATE:
         caption += f" on {rec['skin']} skin"
-    if float(rec.get("tint", 0.0) or 0.0) > 0:
-        caption += ", with a red tint"
-    return caption
-
-
-def full_lesion_caption(rec: Mapping, rng: np.random.Generator) -> str:
-    """A labeler caption for a lesion: the diagnosis, maybe the skin tone and the red tint."""
-    dx = str(rec["diagnosis"])
-    caption = f"a dermoscopy image of {article(dx)} {dx}"
-    if rng.random() < LABELER_ATTRIBUTE_RATE:
-        caption += f" on {rec['skin']} skin"
-    if float(rec.get("tint", 0.0) or 0.0) > 0 and rng.random() < LABELER_ATTRIBUTE_RATE:
+    if float(rec.get("tint", 0.0) or 0.0) > 0 and rng.random() < tint_rate:
         caption += ", with a red tint"
     return caption
