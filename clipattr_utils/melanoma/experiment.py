@@ -274,13 +274,13 @@ def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_
     ``attribute`` (e.g. the sandbox's ``tint`` column) is used only for the reported purity
     of every candidate: the share of its top images where the attribute is > 0.
     """
-    df, rows, by = _candidate_table(table, code, image_set, n_candidates, n_top, attribute, n_reference, seed, red_code)
-    note = ""
-    if by == "response" and not (df["response"] > 0).any() and max_candidates and max_candidates > n_candidates:
+    n_all = max(int(n_candidates), int(max_candidates or 0))
+    wide, rows, by = _candidate_table(table, code, image_set, n_all, n_top, attribute, n_reference, seed, red_code)
+    df, note = wide.head(int(n_candidates)), ""
+    if by == "response" and not (df["response"] > 0).any() and len(wide) > len(df):
         note = (f"none of the {n_candidates} most relevant benign latents rises under more red "
                 f"(responses {', '.join(f'{v:+.2f}' for v in df['response'])}); searched the top {max_candidates}")
-        df, rows, by = _candidate_table(table, code, image_set, max_candidates, n_top, attribute, n_reference, seed,
-                                        red_code)
+        df = wide
     best = df.loc[df[by].idxmax()]
     j = int(best["latent"])
     return RedLatent(j, int(best["rank"]), [int(i) for i in rows[j]], df,
@@ -354,17 +354,13 @@ class CaseData:
         self.tint = None if tint is None else np.asarray(tint, dtype=np.float64)
         self.head, self.sae = head, sae.eval()
         self.emb = {c: pr.embed(head, t) for c, t in self.tokens.items()}
-        with torch.no_grad():
-            self.code = self.sae.encode(self.tokens["none"].to(next(self.sae.parameters()).device))
-        self.code = EncoderOutput(self.code.indices.cpu(), self.code.values.detach().cpu())
         self._codes: dict[str, EncoderOutput] = {}
+        self.code = self.code_of("none")
 
     def code_of(self, condition: str) -> EncoderOutput:
         """The SAE code of the tokens under ``condition`` (on the CPU; cached)."""
         if condition not in self.tokens:
             raise ValueError(f"CaseData.code_of: no condition {condition!r}; have {self.conditions}")
-        if condition == "none":
-            return self.code
         if condition not in self._codes:
             with torch.no_grad():
                 c = self.sae.encode(self.tokens[condition].to(next(self.sae.parameters()).device))
