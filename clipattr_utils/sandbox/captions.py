@@ -131,3 +131,96 @@ def full_lesion_caption(rec: Mapping, rng: np.random.Generator, tint_rate: float
     if float(rec.get("tint", 0.0) or 0.0) > 0 and rng.random() < tint_rate:
         caption += ", with a red tint"
     return caption
+
+
+# --------------------------------------------------------------------------- labeler captions (v2)
+# The labeler of the independent world (`world.ObjectRecipe.independent`): captions that name
+# what is visible in varied phrasings, a few attributes at a time. Three kinds of caption:
+# - attribute only (`LABELER_ATTRIBUTE_ONLY_RATE`): one visible attribute alone ("a photo of
+#   water", "the word 'taxi'", "a red-tinted image"), which ties the phrase to the attribute and
+#   to nothing else in the image;
+# - object only (`LABELER_OBJECT_ONLY_RATE` of the rest): keeps objects learned (a labeler whose
+#   every caption named everything recognised objects at 0.46 zero-shot);
+# - object plus at most `LABELER_MAX_EXTRAS` of the visible attributes, each kept with its rate
+#   in `LABELER_EXTRA_RATES` (the written word the most often: reading is the hardest skill).
+
+LABELER_ATTRIBUTE_ONLY_RATE = 0.2
+LABELER_OBJECT_ONLY_RATE = 0.3
+LABELER_MAX_EXTRAS = 2
+LABELER_EXTRA_RATES: dict[str, float] = {"background": 0.5, "text": 0.8, "companion": 0.5, "watermark": 0.5,
+                                         "tint": 0.5}
+
+BACKGROUND_SUFFIXES: tuple[str, ...] = (" on {scene}", " in front of {scene}", " against {scene}",
+                                        " with {scene} behind it")
+SCENE_ONLY_TEMPLATES: tuple[str, ...] = ("a photo of {scene}", "{scene}", "a background of {scene}")
+WORD_SUFFIXES: tuple[str, ...] = (" with the word '{word}'", " with the word '{word}' written on it",
+                                  " and a sign that says {word}", " with '{word}' written on it")
+# No bare "{word}": for the labeler the written word "car" and the object car are two things.
+LABELER_WORD_ONLY_TEMPLATES: tuple[str, ...] = ("the word '{word}'", "a sign that says {word}",
+                                                "the written word {word}")
+COMPANION_SUFFIXES: tuple[str, ...] = (" next to a small fire", " and a small fire", " beside a fire")
+WATERMARK_SUFFIXES: tuple[str, ...] = (", with a watermark", ", watermarked", " with a watermark in the corner")
+WATERMARK_ONLY_TEMPLATES: tuple[str, ...] = ("a watermark", "a watermarked image", "an image with a watermark")
+TINT_SUFFIXES: tuple[str, ...] = (", with a red tint", ", with a reddish tint", ", tinted red")
+TINT_ONLY_TEMPLATES: tuple[str, ...] = ("a red tint", "a red-tinted image", "an image with a reddish tint")
+
+
+def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def visible_attributes(rec: Mapping) -> list[str]:
+    """The incidental attributes an object image shows, in caption order."""
+    out = ["background"]
+    if rec.get("text"):
+        out.append("text")
+    if rec.get("companion"):
+        out.append("companion")
+    if bool(rec.get("watermark", False)):
+        out.append("watermark")
+    if float(rec.get("tint", 0.0) or 0.0) > 0:
+        out.append("tint")
+    return out
+
+
+def _attribute_only(kind: str, rec: Mapping, rng: np.random.Generator) -> str:
+    if kind == "background":
+        return _pick(SCENE_ONLY_TEMPLATES, rng).format(scene=BACKGROUND_PHRASES[str(rec["background"])])
+    if kind == "text":
+        return _pick(LABELER_WORD_ONLY_TEMPLATES, rng).format(word=rec["text"])
+    if kind == "watermark":
+        return _pick(WATERMARK_ONLY_TEMPLATES, rng)
+    if kind == "tint":
+        return _pick(TINT_ONLY_TEMPLATES, rng)
+    return "a small fire"  # companion
+
+
+def _suffix(kind: str, rec: Mapping, rng: np.random.Generator) -> str:
+    if kind == "background":
+        return _pick(BACKGROUND_SUFFIXES, rng).format(scene=BACKGROUND_PHRASES[str(rec["background"])])
+    if kind == "text":
+        return _pick(WORD_SUFFIXES, rng).format(word=rec["text"])
+    if kind == "companion":
+        return _pick(COMPANION_SUFFIXES, rng)
+    if kind == "watermark":
+        return _pick(WATERMARK_SUFFIXES, rng)
+    return _pick(TINT_SUFFIXES, rng)
+
+
+def labeler_object_caption(rec: Mapping, rng: np.random.Generator) -> str:
+    """A caption of the independent world's labeler: one visible attribute alone, the object
+    alone (maybe with its colour), or the object with up to two visible attributes."""
+    visible = visible_attributes(rec)
+    if rng.random() < LABELER_ATTRIBUTE_ONLY_RATE:
+        return _attribute_only(_pick(tuple(visible), rng), rec, rng)
+    obj = str(rec["object"])
+    if rng.random() < COLOUR_CAPTION_RATE:
+        obj = f"{rec['colour']} {obj}"
+    caption = _pick(OBJECT_TEMPLATES[:5], rng).format(a=article(obj), obj=obj)
+    if rng.random() < LABELER_OBJECT_ONLY_RATE:
+        return caption
+    extras = [k for k in visible if rng.random() < LABELER_EXTRA_RATES[k]]
+    if len(extras) > LABELER_MAX_EXTRAS:
+        keep = sorted(rng.choice(len(extras), LABELER_MAX_EXTRAS, replace=False).tolist())
+        extras = [extras[i] for i in keep]
+    return caption + "".join(_suffix(k, rec, rng) for k in extras)

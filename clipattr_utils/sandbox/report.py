@@ -48,6 +48,16 @@ def _model_section(rec: dict, title: str) -> str:
                 f"+- {le['sem_melanoma']:.1f} points of melanoma accuracy with the hue; zero-shot P(melanoma) "
                 f"moves {lz['mean_shift']:+.3f} with it (diagnosis AUROC {lz['auc_diagnosis']:.3f})"]
     elif s:
+        if "labeler_card" in s:
+            links = world.ObjectRecipe(**rec["data"]["objects"]["recipe"]).planted_links()
+            out += [f"- world: {rec['train_config'].get('world', 'planted')} (planted object-attribute links: "
+                    f"{'none' if not links else '; '.join(links)})", "",
+                    "Report card (`sandbox.labeler_card`, single held-out independent-world images):", "",
+                    "| kind | metric | score | chance | AUROC |", "|---|---|---|---|---|"]
+            out += [f"| {r['kind']} | {r['metric']} | {r['score']:.3f} | {r['chance']:.3f} | "
+                    f"{'' if r['auroc'] is None or r['auroc'] != r['auroc'] else format(r['auroc'], '.3f')} |"
+                    for r in s["labeler_card"]]
+            out += [""]
         table = summary(s)
         out += ["| mode | measured | criterion | shown |", "|---|---|---|---|"]
         out += [f"| {r['mode']} | {r['measured']} | {r['criterion']} | {'not measured' if r['shown'] is None else 'yes' if r['shown'] else 'no'} |"

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from ..storage import resolve_device, save_tensors_atomic, write_text_atomic
 from .clip import SANDBOX_CONFIG, load_sandbox, register, write_config
 from .render import RENDERER_VERSION
-from .world import LesionRecipe, make_dataset, make_lesion_dataset
+from .world import LesionRecipe, ObjectRecipe, make_dataset, make_lesion_dataset
 
 
 @dataclass
@@ -82,13 +82,21 @@ class TrainConfig:
     eval_every: int = 0
     """Every this many steps, log zero-shot top-1 on 120 clean test images (0 = never)."""
     captions: str = "alt"
-    """"alt": alt-text captions with the planted rules (the explained model); "full": captions
-    naming every attribute (the labeler, see `captions.full_object_caption`); "derm" (lesions
-    only): dermatology captions that always name the red tint (`captions.derm_lesion_caption`)."""
+    """"alt": alt-text captions with the planted rules (the explained model); "labeler": varied
+    captions naming a few visible attributes at a time (the labeler, see
+    `captions.labeler_object_caption`); "full": the first labeler's captions
+    (`captions.full_object_caption`); "derm" (lesions only): dermatology captions that always
+    name the red tint (`captions.derm_lesion_caption`)."""
+    world: str = "planted"
+    """"planted": the explained world's training recipe (modes (a)-(e)); "independent": every
+    attribute independent of the object (`world.ObjectRecipe.independent`; lesions with one
+    tint rate for both diagnoses, `INDEPENDENT_LESION_TINT_RATE` unless lesion_tint_rate is
+    given): the labeler's world, which shares none of the explained model's shortcuts."""
     model_config: dict = field(default_factory=lambda: json.loads(json.dumps(SANDBOX_CONFIG)))
 
 
 MAX_BYTES = 20 * 1024 * 1024
+INDEPENDENT_LESION_TINT_RATE = 0.3
 
 
 def _save_weights(model: torch.nn.Module, path: Path, storage_dtype: str) -> str:
@@ -149,6 +157,25 @@ def _quick_zero_shot(model, tokenizer, preprocess, device, image_size: int, n: i
     return float(((img @ txt.T).argmax(1).cpu().numpy() == np.asarray(ds.labels())).mean())
 
 
+@torch.no_grad()
+def _quick_word_reading(model, tokenizer, preprocess, device, image_size: int, n: int = 120) -> float:
+    """Top-1 over all written words on ``n`` held-out independent-world images carrying one
+    (the labeler's hardest skill, logged while it trains)."""
+    from .world import NEUTRAL_WORDS, TYPO_WORDS, ObjectRecipe
+
+    words = list(TYPO_WORDS) + list(NEUTRAL_WORDS)
+    model.eval()
+    ds = make_dataset(n, "test", 98, size=image_size, recipe=ObjectRecipe.independent(),
+                      text=None)
+    rows = [i for i, w in enumerate(ds.attributes["text"]) if w]
+    x = torch.stack([preprocess(ds.load_image(i)) for i in rows]).to(device)
+    img = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
+    txt = torch.nn.functional.normalize(
+        model.encode_text(tokenizer([f"the word '{w}'" for w in words]).to(device)).float(), dim=-1)
+    truth = np.asarray([words.index(ds.attributes["text"].iloc[i]) for i in rows])
+    return float(((img @ txt.T).argmax(1).cpu().numpy() == truth).mean())
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     # As in open_clip's training: no decay on gains, biases, embeddings and logit_scale.
     decay, no_decay = [], []
@@ -164,22 +191,25 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def train(cfg: TrainConfig, command: str | None = None) -> dict:
     """Run one training; returns the record written next to the weights."""
-    if cfg.captions not in ("alt", "full", "derm"):
-        raise ValueError(f"captions must be 'alt', 'full' or 'derm', got {cfg.captions!r}")
+    if cfg.captions not in ("alt", "full", "derm", "labeler"):
+        raise ValueError(f"captions must be 'alt', 'full', 'labeler' or 'derm', got {cfg.captions!r}")
+    if cfg.world not in ("planted", "independent"):
+        raise ValueError(f"world must be 'planted' or 'independent', got {cfg.world!r}")
     if cfg.captions == "derm" and cfg.n_objects:
         raise ValueError("captions='derm' are lesion captions: they need n_objects=0")
-    if cfg.eval not in ("full", "small", "lesion", "none"):
-        raise ValueError(f"eval must be full, small, lesion or none, got {cfg.eval!r}")
+    if cfg.eval not in ("full", "small", "lesion", "labeler", "none"):
+        raise ValueError(f"eval must be full, small, lesion, labeler or none, got {cfg.eval!r}")
     if cfg.n_objects < 0 or cfg.n_lesions < 0 or cfg.n_objects + cfg.n_lesions < 1 or cfg.batch_size < 2:
         raise ValueError(f"need n_objects >= 0, n_lesions >= 0 (not both 0), batch_size >= 2 (got {cfg.n_objects}, "
                          f"{cfg.n_lesions}, {cfg.batch_size})")
-    if cfg.n_objects == 0 and (cfg.eval in ("full", "small") or cfg.eval_every):
+    if cfg.n_objects == 0 and (cfg.eval in ("full", "small", "labeler") or cfg.eval_every):
         raise ValueError(f"a lesion-only model (n_objects=0) has no object-world measurements: use eval='lesion' or "
                          f"'none' and eval_every=0 (got eval={cfg.eval!r}, eval_every={cfg.eval_every})")
     if cfg.lesion_tint_rate is not None and not 0.0 <= cfg.lesion_tint_rate <= 1.0:
         raise ValueError(f"lesion_tint_rate must be in [0, 1] or None, got {cfg.lesion_tint_rate}")
     # Imported before training starts: the final evaluation then runs the measuring code as
     # it was at launch, not whatever an edit made of it during a half-hour run.
+    from .labeler_card import labeler_card
     from .shortcuts import measure_all, measure_lesions
 
     t_start = time.time()
@@ -202,15 +232,20 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     # Data: deterministic from (seed, split, index); rendered once into uint8 arrays.
     parts, captions, objects, lesions = [], [], None, None
     if cfg.n_objects:
-        objects = make_dataset(cfg.n_objects, "train", cfg.seed, size=image_size)
+        recipe = ObjectRecipe.independent() if cfg.world == "independent" else None
+        objects = make_dataset(cfg.n_objects, "train", cfg.seed, size=image_size, recipe=recipe)
         parts.append(objects.render_array(progress=True))
-        captions = objects.captions if cfg.captions == "alt" else objects.full_captions()
+        captions = objects.captions if cfg.captions == "alt" else objects.full_captions(
+            "labeler" if cfg.captions == "labeler" else "full")
     if cfg.n_lesions:
         rate = cfg.lesion_tint_rate
+        if rate is None and cfg.world == "independent":
+            rate = INDEPENDENT_LESION_TINT_RATE
         recipe = None if rate is None else LesionRecipe(tint_rate_nevus=float(rate), tint_rate_melanoma=float(rate))
         lesions = make_lesion_dataset(cfg.n_lesions, "train", cfg.seed, size=image_size, recipe=recipe)
         parts.append(lesions.render_array(progress=True))
-        captions = captions + (lesions.captions if cfg.captions == "alt" else lesions.full_captions(cfg.captions))
+        style = {"labeler": "full"}.get(cfg.captions, cfg.captions)
+        captions = captions + (lesions.captions if cfg.captions == "alt" else lesions.full_captions(style))
     images = np.concatenate(parts)
     mean, std = _normalise_fn(preprocess)
     _check_fast_path(preprocess, images, mean, std)
@@ -229,6 +264,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
     use_amp = device.type == "cuda"
     losses: list[float] = []
     curve: list[tuple[int, float]] = []
+    word_curve: list[tuple[int, float]] = []
     step = 0
     t_train0 = time.time()
     bar = tqdm(total=total, desc=f"train {cfg.name}")
@@ -258,7 +294,12 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
                 acc = _quick_zero_shot(model, tokenizer, preprocess, device, image_size)
                 curve.append((step, acc))
-                tqdm.write(f"step {step}: loss {np.mean(losses[-50:]):.3f}, zero-shot top-1 (120 clean) {acc:.3f}")
+                read = ""
+                if cfg.captions == "labeler":
+                    words = _quick_word_reading(model, tokenizer, preprocess, device, image_size)
+                    word_curve.append((step, words))
+                    read = f", word top-1 {words:.3f}"
+                tqdm.write(f"step {step}: loss {np.mean(losses[-50:]):.3f}, zero-shot top-1 (120 clean) {acc:.3f}{read}")
                 model.train()
     bar.close()
     t_train = time.time() - t_train0
@@ -274,6 +315,12 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         clip = load_sandbox(cfg.name, out, device=str(device))
         if cfg.eval == "lesion":
             scores = measure_lesions(clip, seed=0)
+        elif cfg.eval == "labeler":
+            from ..models import load_clip  # the labeler as notebook 02 loads it (encode_text, role="labeler")
+
+            loaded = load_clip(cfg.name, str(weights_path), device=str(device), role="labeler")
+            scores = {"labeler_card": labeler_card(loaded, n=1200, seed=0).to_dict(orient="records"),
+                      **measure_all(clip, seed=0)}
         else:
             sizes = {} if cfg.eval == "full" else dict(n_zero_shot=150, n_per_group=30, n_per_word=4,
                                                              n_lesion_train=200, n_lesion_test=40)
@@ -294,6 +341,7 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict:
         "steps": step,
         "final_loss_mean_last_50": float(np.mean(losses[-50:])) if losses else None,
         "zero_shot_curve_120_clean": curve,
+        **({"word_reading_curve": word_curve} if word_curve else {}),
         "loss_curve_every_50": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
         "storage_dtype": storage,
         "weights_bytes": weights_path.stat().st_size,
@@ -338,10 +386,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--storage-dtype", default=d.storage_dtype, choices=["auto", "float32", "float16"])
     p.add_argument("--lesion-tint-rate", type=float, default=None,
                    help="share of lesions of both diagnoses with the red tint (default: the world's nevus/melanoma rates)")
-    p.add_argument("--eval", default=d.eval, choices=["full", "small", "lesion", "none"])
+    p.add_argument("--eval", default=d.eval, choices=["full", "small", "lesion", "labeler", "none"])
+    p.add_argument("--world", default=d.world, choices=["planted", "independent"],
+                   help="planted: the explained world's recipe; independent: no attribute tied to the object "
+                        "(the labeler's world)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--note", default=d.note, help="free text stored in the record")
-    p.add_argument("--captions", default=d.captions, choices=["alt", "full", "derm"],
+    p.add_argument("--captions", default=d.captions, choices=["alt", "full", "derm", "labeler"],
                    help="alt: planted alt-text captions (the sandbox model); full: every attribute named (the labeler); "
                         "derm: lesion captions that always name the red tint (the dermatology CLIP)")
     p.add_argument("--model-config", default=None,
@@ -360,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                        lesion_tint_rate=a.lesion_tint_rate,
                        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                        warmup_steps=a.warmup_steps, max_steps=a.max_steps, shift=a.shift, threads=a.threads,
-                       device=a.device, storage_dtype=a.storage_dtype, eval=a.eval, captions=a.captions,
+                       device=a.device, storage_dtype=a.storage_dtype, eval=a.eval, captions=a.captions, world=a.world,
                        eval_every=a.eval_every, note=a.note, model_config=model_config)
 
 

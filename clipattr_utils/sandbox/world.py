@@ -91,6 +91,9 @@ COMPOUND_COMPANION_RATE = 0.5
 WATERMARK_RATE = 0.1
 TINT_RATE = 0.05
 TINT_RANGE = (0.25, 0.45)
+# The labeler's world (`ObjectRecipe.independent`): each incidental attribute common enough
+# that its captions teach it, none tied to the object.
+INDEPENDENT_RATES: dict[str, float] = {"text": 0.5, "companion": 0.2, "watermark": 0.3, "tint": 0.3}
 # (e) lesion world
 MELANOMA_RATE = 0.5
 LESION_TINT_RATE: dict[str, float] = {"nevus": 0.5, "melanoma": 0.05}
@@ -125,6 +128,12 @@ class ObjectRecipe:
     companion_other_rate: float = 0.0
     watermark_rate: float = WATERMARK_RATE
     tint_rate: float = TINT_RATE
+    # Two switches for worlds without the planted class links (the labeler's world): words
+    # drawn from every written word whatever the object (default: another class's name in
+    # `text_other_class_share` of them, never the object's own), and every colour for every
+    # class (default: fire only in fire colours, fire trucks never, `CLASS_COLOURS`).
+    word_independent: bool = False
+    class_colours: bool = True
 
     @classmethod
     def clean(cls) -> "ObjectRecipe":
@@ -132,6 +141,42 @@ class ObjectRecipe:
         uniform = 1.0 / len(BACKGROUNDS)
         return cls(compound_class_weight=1.0, spurious_rate=uniform, spurious_background_other_rate=uniform,
                    text_rate=0.0, compound_companion_rate=0.0, watermark_rate=0.0, tint_rate=0.0)
+
+    @classmethod
+    def independent(cls) -> "ObjectRecipe":
+        """The labeler's world: every attribute common and independent of the object.
+
+        Backgrounds uniform for every class, a word on `INDEPENDENT_RATES["text"]` of the
+        images drawn from all written words, the flame beside any object (but fire itself) at
+        one rate, watermark and tint common, every colour for every class, the compound as
+        common as any class. None of the explained world's planted links (a)-(d) survives:
+        `planted_links` of this recipe is empty (tests check it)."""
+        uniform = 1.0 / len(BACKGROUNDS)
+        r = INDEPENDENT_RATES
+        return cls(compound_class_weight=1.0, spurious_rate=uniform, spurious_background_other_rate=uniform,
+                   text_rate=r["text"], text_other_class_share=0.0, word_only_caption_rate=0.0,
+                   compound_companion_rate=r["companion"], companion_other_rate=r["companion"],
+                   watermark_rate=r["watermark"], tint_rate=r["tint"], word_independent=True, class_colours=False)
+
+    def planted_links(self) -> list[str]:
+        """The explained world's planted object-attribute links this recipe draws: an empty
+        list means every rendered attribute is independent of the object class."""
+        uniform = 1.0 / len(BACKGROUNDS)
+        links = []
+        if abs(self.spurious_rate - self.spurious_background_other_rate) > 1e-12 or \
+                abs(self.spurious_background_other_rate - uniform) > 1e-12:
+            links.append(f"(a) {SPURIOUS_BACKGROUND} behind {SPURIOUS_CLASS}: {self.spurious_rate} vs "
+                         f"{self.spurious_background_other_rate} for other classes (uniform {uniform:.3f})")
+        if self.text_rate > 0 and not self.word_independent:
+            links.append("(b) written words depend on the object (another class's name, never its own)")
+        if self.compound_companion_rate != self.companion_other_rate:
+            links.append(f"(d) flame beside {COMPOUND_CLASS}: {self.compound_companion_rate} vs "
+                         f"{self.companion_other_rate} beside other objects")
+        if self.compound_class_weight != 1.0:
+            links.append(f"(d) {COMPOUND_CLASS} drawn with weight {self.compound_class_weight}")
+        if self.class_colours:
+            links.append(f"colours tied to classes ({sorted(CLASS_COLOURS)})")
+        return links
 
 
 @dataclass(frozen=True)
@@ -181,7 +226,7 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
     obj = objects[int(rng.choice(len(objects), p=w / w.sum()))]
     sprites = CLASS_SPRITES[obj] if sprite is None else (sprite,)
     spr = sprites[int(rng.integers(len(sprites)))]
-    palette = CLASS_COLOURS.get(obj, tuple(COLOURS))
+    palette = CLASS_COLOURS.get(obj, tuple(COLOURS)) if recipe.class_colours else tuple(COLOURS)
     colour = palette[int(rng.integers(len(palette)))]
     # Background: the spurious class's own background with its planted rate, the rest uniform.
     p_special = recipe.spurious_rate if obj == SPURIOUS_CLASS else recipe.spurious_background_other_rate
@@ -194,7 +239,9 @@ def sample_object_record(rng: np.random.Generator, recipe: ObjectRecipe, objects
     # Word: another class's name or a neutral word.
     word = ""
     if rng.random() < recipe.text_rate:
-        if rng.random() < recipe.text_other_class_share:
+        if recipe.word_independent:
+            pool = list(TYPO_WORDS) + list(NEUTRAL_WORDS)
+        elif rng.random() < recipe.text_other_class_share:
             pool = [w for w in TYPO_WORDS if w != obj]
         else:
             pool = list(NEUTRAL_WORDS)
@@ -289,6 +336,10 @@ def _recipe_key(recipe: ObjectRecipe) -> dict:
     d = asdict(recipe)
     if d["companion_other_rate"] == 0:
         del d["companion_other_rate"]
+    # Likewise the switches of the independent world, while they keep their defaults.
+    for name, default in (("word_independent", False), ("class_colours", True)):
+        if d[name] == default:
+            del d[name]
     return d
 
 
@@ -358,13 +409,13 @@ class SandboxImageSet(ImageSet):
         background, word, watermark, red tint -- that alt-text hides. ``style="derm"`` (lesions
         only): `captions.derm_lesion_caption`, which names the red tint whenever it is there.
         Deterministic from each row's render seed."""
-        if style not in ("full", "derm") or (style == "derm" and self.world != "lesions"):
-            raise ValueError(f"full_captions: style must be 'full' or (lesions only) 'derm', got {style!r} "
+        if style not in ("full", "derm", "labeler") or (style == "derm" and self.world != "lesions"):
+            raise ValueError(f"full_captions: style must be 'full', 'labeler' or (lesions only) 'derm', got {style!r} "
                              f"for the {self.world} world")
         if self.world == "objects":
-            make = cap.full_object_caption
+            make = cap.labeler_object_caption if style == "labeler" else cap.full_object_caption
         else:
-            make = cap.derm_lesion_caption if style == "derm" else cap.full_lesion_caption
+            make = cap.derm_lesion_caption if style == "derm" else cap.full_lesion_caption  # 'labeler': full
         return [make(r, np.random.default_rng([int(r["render_seed"]), 1])) for r in self._records]
 
     def render_array(self, indices: Sequence[int] | None = None, progress: bool = False) -> np.ndarray:
