@@ -78,6 +78,16 @@ def _top_labels(folder: Path) -> dict[int, list[tuple[str, float]]]:
     return {int(j): list(zip(g["label"].astype(str), g["score"].astype(float))) for j, g in t.groupby("latent")}
 
 
+def _label_kinds(folder: Path) -> dict[str, str]:
+    """label -> the attribute it names ("background", "text", ...), from ``vocabulary.csv``."""
+    if not (folder / "vocabulary.csv").is_file():
+        return {}
+    v = pd.read_csv(folder / "vocabulary.csv", keep_default_na=False)
+    if "attribute" not in v.columns:
+        return {}
+    return {str(lab): str(a) for lab, a in zip(v["label"], v["attribute"]) if str(a)}
+
+
 def _relevant_classes(folder: Path, n: int = 3) -> dict[int, list[tuple[str, float]]]:
     """latent -> its ``n`` classes with the largest positive mean relevance (notebook 02's
     ``class_relevance.csv``: ``latent, rank, class, relevance``)."""
@@ -158,6 +168,7 @@ def write_atlas(run_dir: Path, n_show: int = N_SHOW) -> Path | None:
     spec = _read_json(folder / "pool.json")
     pool = rebuild_pool(spec) if spec else Pool(reason="notebook 02 wrote no pool.json")
     top_labels = _top_labels(folder)
+    kinds = _label_kinds(folder)
     relevant = _relevant_classes(folder)
     flags, flag_note = _flagged(run_dir)
     atlas = run_dir / "atlas"
@@ -209,8 +220,11 @@ def write_atlas(run_dir: Path, n_show: int = N_SHOW) -> Path | None:
         hidden = str(r.get("hidden")).lower() == "true"
         badges = ("<span class='badge'>hidden concept</span>" if hidden else "") + (
             "<span class='badge flagb'>flagged</span>" if j in flags else "")
+        kind = kinds.get(str(r["label"]), "")
+        if kind:  # which attribute the label names (vocabulary.csv): object, background, text, ...
+            badges = f"<span class='kind'>{html.escape(kind)}</span>" + badges
         label_list = "".join(f"<li>{html.escape(lab)} <span class='s'>{s:.3f}</span></li>" for lab, s in labels)
-        search = html.escape(f"{j} {r['label']} {label_text}".lower(), quote=True)
+        search = html.escape(f"{j} {r['label']} {label_text} {kind}".lower(), quote=True)
         cards.append(
             f"<div class='card' data-search=\"{search}\" data-hidden='{int(hidden)}' data-flagged='{int(j in flags)}'>"
             f"<h3>latent {j}: {html.escape(str(r['label']))} {badges}</h3>"
@@ -237,6 +251,8 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 .card {{ border: 1px solid #ccc; border-radius: 6px; padding: 8px; width: 430px; }}
 .card h3 {{ margin: 0 0 6px; font-size: 1em; }}
 .imgs img {{ width: 48px; height: 48px; image-rendering: pixelated; margin: 1px; }}
+.kind {{ background: #e8eef8; color: #234; border-radius: 3px; padding: 0 .4em; font-size: .75em;
+         font-weight: normal; margin-left: .4em; }}
 .labels {{ margin: 4px 0; padding-left: 1.4em; font-size: .9em; }}
 .s {{ color: #777; }}
 table {{ font-size: .85em; border-collapse: collapse; }} td {{ padding: 1px 8px 1px 0; }}

@@ -24,7 +24,7 @@ def test_notebook_00_runs_with_tiny_parameters(tmp_path):
 
     out_dir = tmp_path / "run"
     params = dict(n_zero_shot=48, n_per_group=12, n_per_word=2, n_lesion_train=80, n_lesion_test=12,
-                  show_per_class=3, out_dir=str(out_dir))
+                  show_per_class=3, n_labeler_card=120, out_dir=str(out_dir))
     out_nb = tmp_path / "00.ipynb"
     # Run from notebooks/ (notebooks 01 and 03 are tested from the repository root).
     pm.execute_notebook(str(NOTEBOOK), str(out_nb), parameters=params, kernel_name="python3",
@@ -65,6 +65,23 @@ def test_notebook_00_runs_with_tiny_parameters(tmp_path):
         rows = {r["model"]: r for r in result["labeler"]}
         assert set(rows) == {"sandbox", "sandbox-labeler"}
         assert rows["sandbox-labeler"]["background zero-shot top-1"] > rows["sandbox"]["background zero-shot top-1"] + 0.3
+        # Its report card, one row per attribute kind; the background row recomputed by hand:
+        # class tokens through the labeler's head, cosines with "a photo of <scene>", argmax.
+        card = {r["kind"]: r for r in result["labeler_card"]}
+        assert list(card) == ["object", "colour", "background", "text", "watermark", "tint"]
+        labeler = ca.load_clip("sandbox-labeler", role="labeler")
+        images = ca.sandbox.make_dataset(120, "test", 0, recipe=ca.sandbox.ObjectRecipe.independent())
+        from clipattr_utils.sandbox.captions import BACKGROUND_PHRASES
+
+        scenes = list(BACKGROUND_PHRASES)
+        text = labeler.encode_text([f"a photo of {BACKGROUND_PHRASES[b]}" for b in scenes])
+        xl = ca.extract(labeler, images, tmp_path / "cache", progress=False).read()
+        pred = np.asarray(scenes)[labeler.head.cosine(xl, text).numpy().argmax(1)]
+        by_hand = float((pred == images.attributes["background"].to_numpy()).mean())
+        assert card["background"]["n"] == 120
+        assert card["background"]["score"] == pytest.approx(by_hand, abs=1.01 / 120)
+        tinted = (images.attributes["tint"] > 0).to_numpy()
+        assert 0 < tinted.mean() < 1 and card["tint"]["n"] == 120
 
     # Figures were drawn: class gallery, five mode galleries, the confusion matrix, the scores.
     nb = nbformat.read(out_nb, as_version=4)

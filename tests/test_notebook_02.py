@@ -59,3 +59,26 @@ def test_notebook_02_runs_and_its_files_match_a_recomputation(tmp_path):
     if overall["n_pure"]:
         assert overall["share_named"] == pytest.approx(overall["n_named"] / overall["n_pure"])
     assert np.isfinite(latents["alignment"]).all()
+    # Object labels hold (issue 28): recomputed from the written files alone -- vocabulary.csv
+    # says which object a label names, top_samples.csv which images a latent's top-20 are,
+    # the rebuilt pool what those images show. No latent may be called "X boat" while most of
+    # its top images show something else (the old labeler's "red boat" on trees on water).
+    vocab_csv = pd.read_csv(out / "vocabulary.csv")
+    named_object = {}
+    for lab_, attr, value in zip(vocab_csv["label"], vocab_csv["attribute"], vocab_csv["value"].astype(str)):
+        parts = dict(zip(str(attr).split("+"), value.split("+")))
+        if "object" in parts:
+            named_object[lab_] = parts["object"]
+        elif attr == "sprite":
+            named_object[lab_] = value.split("_")[0]
+    objects_by_id = dict(zip(pool.attributes["sample_id"], pool.attributes["object"]))
+    by_hand = []
+    for j, label in zip(latents["latent"], latents["label"]):
+        if label not in named_object:
+            continue
+        ids = tops[(tops["latent"] == j) & (tops["rank"] < 20)]["sample_id"]
+        share = float(np.mean([objects_by_id[i] == named_object[label] for i in ids]))
+        if share < 0.5:
+            by_hand.append(int(j))
+    assert sorted(r["latent"] for r in gt["misnamed_objects"]) == sorted(by_hand)
+    assert by_hand == [], latents[latents["latent"].isin(by_hand)][["latent", "label"]]

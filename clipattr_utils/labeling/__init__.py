@@ -26,7 +26,7 @@ from .align import Alignment, align, align_chunk, alignment_scores, expected_ali
 from .diversity import (Diversity, basis_diversity, interpretability_vs_activation,
                         plot_interpretability_vs_activation)
 from .ground_truth import (GT_ATTRIBUTES, LabelScores, attribute_values, hidden_purity, labeler_zero_shot,
-                           labels_naming, pure_attributes, purity, score_labels)
+                           labels_naming, misnamed_objects, pure_attributes, purity, score_labels)
 from .labeler import component_embeddings, iter_top_embeddings, labeler_embeddings
 from .quality import clarity, clarity_of, polysemanticity, polysemanticity_of
 from .table import TABLE_COLUMNS, hidden_concepts, label_latents, latent_relevance
@@ -44,5 +44,5 @@ __all__ = [
     "label_latents", "hidden_concepts", "latent_relevance", "TABLE_COLUMNS",
     "Diversity", "basis_diversity", "interpretability_vs_activation", "plot_interpretability_vs_activation",
     "GT_ATTRIBUTES", "LabelScores", "attribute_values", "purity", "pure_attributes", "score_labels",
-    "hidden_purity", "labeler_zero_shot", "labels_naming",
+    "hidden_purity", "labeler_zero_shot", "labels_naming", "misnamed_objects",
 ]

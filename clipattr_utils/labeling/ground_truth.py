@@ -202,6 +202,35 @@ def score_labels(table: pd.DataFrame, top: TopSamples, image_set_attributes: pd.
     return LabelScores(pd.DataFrame(summ), pd.DataFrame(rows))
 
 
+def misnamed_objects(table: pd.DataFrame, top: TopSamples, image_set_attributes: pd.DataFrame,
+                     vocabulary: Vocabulary | pd.DataFrame, n_used: int = 20, min_share: float = 0.5) -> pd.DataFrame:
+    """Latents labelled with an object ("boat", "red boat", "bat (club)") whose top ``n_used``
+    images mostly do not show that object (share < ``min_share``): the labels that tell a user
+    "boat" for a latent of trees and cars on water. Columns ``latent, label, object,
+    object_share, top_object, top_object_share``; empty when every object label holds."""
+    frame = vocabulary.frame if isinstance(vocabulary, Vocabulary) else vocabulary
+    object_of = {}
+    for lab, a, v in zip(frame["label"], frame["attribute"], frame["value"]):
+        objs = [pv for pa, pv in named_pairs(a, v) if pa == "object"]
+        if objs:
+            object_of[str(lab)] = str(objs[0])
+    objects = attribute_values(image_set_attributes, ("object",))["object"].to_numpy()
+    rows = []
+    for j, label in zip(table["latent"].to_numpy(), table["label"]):
+        if str(label) not in object_of:
+            continue
+        r = top.rows[int(j), :n_used].numpy()
+        r = r[r >= 0]
+        if not len(r):
+            continue
+        shown = pd.Series(objects[r]).value_counts()
+        share = float((objects[r] == object_of[str(label)]).mean())
+        if share < min_share:
+            rows.append({"latent": int(j), "label": str(label), "object": object_of[str(label)], "object_share": share,
+                         "top_object": str(shown.index[0]), "top_object_share": float(shown.iloc[0] / len(r))})
+    return pd.DataFrame(rows, columns=["latent", "label", "object", "object_share", "top_object", "top_object_share"])
+
+
 def hidden_purity(hidden: pd.DataFrame, top: TopSamples, image_set_attributes: pd.DataFrame,
                   purity: float = 0.9, n_used: int = 20, *,
                   names: tuple[str, ...] = GT_ATTRIBUTES) -> pd.DataFrame:
