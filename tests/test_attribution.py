@@ -51,6 +51,10 @@ def _random_sae(d_in: int, d_sae: int, k: int, seed: int, relu: bool = True) -> 
 @pytest.fixture(scope="module")
 def vitb32_head() -> Head:
     open_clip = pytest.importorskip("open_clip")
+    # The random init draws from torch's global stream, whose seed differs in every process:
+    # unseeded, some heads give a (sample, prompt) pair with y(x) ~ y(b + eps), which the
+    # completeness test's degenerate check refuses (seed 0 is one of them).
+    torch.manual_seed(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = open_clip.create_model("ViT-B-32")
