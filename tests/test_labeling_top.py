@@ -183,3 +183,36 @@ def test_accumulator_at_paper_width_is_exact_and_bounded():
     want[lat[keep], rank[keep]] = r[keep]
     np.testing.assert_array_equal(top.rows.numpy(), want)
     assert (top.count.numpy()[d_sae // 3:] == 0).all()
+
+
+def _shard_table(dense, n, start=0):
+    """One pass of `_Accumulator` over rows [start, start + len(dense)) of a dense
+    (rows, d_sae) activation matrix (0 = inactive): a shard's TopSamples."""
+    acc = _Accumulator(dense.shape[1], n, torch.device("cpu"), merge_triplets=1)
+    r, lat = np.nonzero(dense)  # row-major: rows ascend, as `add` requires
+    acc.add(torch.from_numpy(r + start), torch.from_numpy(lat), torch.from_numpy(dense[r, lat]))
+    ids = [f"s{i}" for i in range(start, start + len(dense))]
+    return acc.result(len(dense), ids, ((start, start + len(dense)),), {})
+
+
+def test_merge_breaks_ties_by_row_for_every_split_and_order():
+    """Activations in {0, 1, 2, 3}: most of each latent's top n are ties. The lower row must
+    win every tie whichever shard holds it and whichever table comes first in `merge`, so
+    every split merges to exactly the single pass (README: "exactly as one pass")."""
+    rng = np.random.default_rng(0)
+    N, d_sae, n = 24, 5, 6
+    dense = rng.integers(0, 4, (N, d_sae)).astype(np.float32)
+    want = np.full((d_sae, n), -1)
+    for j in range(d_sae):
+        rows = np.flatnonzero(dense[:, j])
+        want[j, :min(n, len(rows))] = rows[np.lexsort((rows, -dense[rows, j]))][:n]
+    np.testing.assert_array_equal(_shard_table(dense, n).rows.numpy(), want)
+    for cut in range(1, N):
+        a, b = _shard_table(dense[:cut], n), _shard_table(dense[cut:], n, start=cut)
+        for m in (merge(a, b), merge(b, a)):
+            np.testing.assert_array_equal(m.rows.numpy(), want, err_msg=f"cut {cut}")
+            assert m.sample_ids.tolist() == [[f"s{r}" if r >= 0 else None for r in row] for row in want]
+    thirds = [_shard_table(dense[s:s + 8], n, start=s) for s in (0, 8, 16)]
+    for p, q, r in ((0, 1, 2), (2, 1, 0), (1, 2, 0), (2, 0, 1)):
+        m = merge(merge(thirds[p], thirds[q]), thirds[r])
+        np.testing.assert_array_equal(m.rows.numpy(), want, err_msg=f"order {p, q, r}")
