@@ -114,6 +114,16 @@ def test_auc_and_subset_sem_by_hand():
         fa.subset_auc(np.ones((5, 3)), n_subsets=9)
 
 
+def test_auc_is_the_trapezoid_rule_on_curved_curves():
+    # Straight lines cannot tell the trapezoid rule from the plain mean of the points; curves can.
+    square = np.array([[0.0, 0.25, 1.0], [0.0, 0.5, 2.0]])  # y = s^2 and 2 s^2 at s = 0, 1/2, 1
+    np.testing.assert_allclose(fa.auc_per_sample(square), [0.375, 0.75])  # (0 + .25)/4 + (.25 + 1)/4
+    dip = np.array([[1.0, 0.25, 0.0, 0.0, 1.0]])  # steps of 1/4: (1.25 + .25 + 0 + 1) / 8
+    np.testing.assert_allclose(fa.auc_per_sample(dip), [0.3125])
+    auc, sem, m = fa.subset_auc(np.tile(dip, (9, 1)), n_subsets=9)
+    assert (auc, sem, m) == (pytest.approx(0.3125), pytest.approx(0.0), 1)
+
+
 def test_evaluate_global_and_random_orders_brute_force(world):
     # Expected orders from dense activation vectors, expected curves from brute_curve (dense
     # vector -> decode -> head), not from ablation_curves.
