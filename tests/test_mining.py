@@ -93,13 +93,12 @@ def test_flag_class_finds_the_planted_outlier_latent_and_not_the_clean_one():
     assert latents.tolist() == [3, 7]
 
 
-def test_mine_flags_an_unexpected_latent_and_matches_a_brute_force_z(clip_tiny):
-    """Class 0 references never use latent j*; outsiders of class 1 carry it strongly and
-    score high for class 0's prompt: j* is flagged for class 0, with the brute-force mean z."""
-    head = clip_tiny.head
+def _exact_code_world(head):
+    """An SAE whose encoder recovers its code exactly (orthonormal decoder rows, W_enc = V^T),
+    two prompts, j* (the direction class 0's prompt likes most), the other latents by
+    decreasing liking, and ``make(pairs, n, scale)``: n tokens built from the latent pairs."""
     d_sae = head.d_pre
     torch.manual_seed(3)
-    # An SAE whose encoder recovers its code exactly: orthonormal decoder rows, W_enc = V^T.
     q, _ = torch.linalg.qr(torch.randn(d_sae, d_sae))
     sae = ca.TopKSAE(head.d_pre, d_sae, k=2)
     with torch.no_grad():
@@ -112,7 +111,6 @@ def test_mine_flags_an_unexpected_latent_and_matches_a_brute_force_z(clip_tiny):
     V, b = sae.W_dec.detach(), sae.b_dec.detach()
     y_dir = head.cosine(b + 3 * V, text[:1])[:, 0]
     order = torch.argsort(y_dir, descending=True).tolist()
-    j_star, others = order[0], order[1:]  # j*: the direction class 0's prompt likes most
     gen = torch.Generator().manual_seed(4)
 
     def make(pairs, n, scale=(1.0, 1.0)):
@@ -123,6 +121,33 @@ def test_mine_flags_an_unexpected_latent_and_matches_a_brute_force_z(clip_tiny):
             xs.append((a[:, None] * V[list(js)]).sum(0) + b)
         return torch.stack(xs)
 
+    return sae, text, order[0], order[1:], make
+
+
+def _dense_relevance(x, sae, head, prompt):
+    """(n, d_sae) Act x Grad relevance for one prompt, inactive latents 0."""
+    attr = ca.act_grad(x, sae, head, prompt)
+    return torch.zeros(len(x), sae.d_sae, dtype=torch.float64).scatter_(1, attr.indices, attr.values[:, 0].double())
+
+
+def test_flag_class_thresholds_at_their_boundaries():
+    # App. D.1: "at least 10 non-zero activations" (>= min_count) and "a z-score above 3.0" (>).
+    z_rows = np.arange(30)
+    z_idx = np.repeat([1, 2, 3], 10)
+    z_val = np.concatenate([np.full(10, 3.5), np.full(10, 3.0), np.r_[np.full(9, 4.0), 2.0]])
+    latents, counts, mean_z, dis = mi.flag_class(z_rows, z_idx, z_val, d_sae=5, z_thr=3.0, min_count=10)
+    assert latents.tolist() == [1, 3] and counts.tolist() == [10, 10]  # latent 2: mean z 3.0 is not above 3.0
+    assert mean_z.tolist() == pytest.approx([3.5, 3.8])
+    assert dis[3].tolist() == list(range(20, 29))  # its one sample with z = 2 is not a distractor
+    assert mi.flag_class(z_rows, z_idx, z_val, d_sae=5, z_thr=3.0, min_count=11)[0].tolist() == []
+
+
+def test_mine_flags_an_unexpected_latent_and_matches_a_brute_force_z(clip_tiny):
+    """Class 0 references never use latent j*; outsiders of class 1 carry it strongly and
+    score high for class 0's prompt: j* is flagged for class 0, with the brute-force mean z."""
+    head = clip_tiny.head
+    sae, text, j_star, others, make = _exact_code_world(head)
+    d_sae = sae.d_sae
     x0 = make([(others[0], others[1]), (others[1], others[2])], 40)
     x1 = make([(j_star, others[5])], 30, scale=(3.0, 1.0))
     x = torch.cat([x0, x1])
@@ -150,6 +175,28 @@ def test_mine_flags_an_unexpected_latent_and_matches_a_brute_force_z(clip_tiny):
     assert got == want
     # the clean latents of class 0's own references are not flagged for class 0
     assert not set(fl[fl["class"] == "zero"]["latent"]) & {others[0], others[1], others[2]}
+
+
+def test_mine_subtracts_the_class_mean_of_a_latent_the_references_use(clip_tiny):
+    """Eq. 8 with mu_cj != 0: half of class 0's references carry j* too, so its expected
+    relevance is far from 0, and the outsiders' mean z is (R - mu) / sigma, not R / sigma."""
+    head = clip_tiny.head
+    sae, text, j_star, others, make = _exact_code_world(head)
+    x0 = make([(others[0], others[1]), (j_star, others[2])], 40, scale=(3.0, 1.0))
+    x1 = make([(j_star, others[5])], 30, scale=(6.0, 1.0))
+    x, labels = torch.cat([x0, x1]), np.array([0] * 40 + [1] * 30)
+    exp = mi.expected_relevance(x, labels, sae, head, text, progress=False)
+    cfg = mi.MiningConfig(out_k=50.0, z_thr=0.0, min_count=10)
+    res = mi.mine(x, labels, [f"s{i}" for i in range(70)], sae, head, text, exp, ["zero", "one"], config=cfg,
+                  progress=False)
+    ref = _dense_relevance(x0, sae, head, text[:1])  # brute force: the references' moments ...
+    mu, sd = ref.mean(0), mi.guarded_std(ref.std(0), cfg.std_floor, cfg.floor_quantile)
+    assert abs(float(mu[j_star])) > 0.5 * float(sd[j_star]), "the fixture should give j* a clear class mean"
+    r = _dense_relevance(x1, sae, head, text[:1])[:, j_star]  # ... and Eq. 8 on the outsiders (j* active on all)
+    want = float(((r - mu[j_star]) / sd[j_star]).mean())
+    row = res.flagged[(res.flagged["class"] == "zero") & (res.flagged["latent"] == j_star)]
+    assert len(row) == 1 and row["n_samples"].iloc[0] == 30
+    assert row["mean_z"].iloc[0] == pytest.approx(want, rel=1e-4)
 
 
 def test_sandbox_classes_split_the_polysemous_word_and_share_its_prompt():
