@@ -103,6 +103,15 @@ def test_hidden_concepts_eq7_pure_and_fast():
     assert (time.perf_counter() - start) / 20 < 0.05
 
 
+def test_hidden_concepts_thresholds_are_inclusive():
+    # Eq. 7: R_j >= tau_rel and s_j <= tau_align; a latent exactly at a threshold is kept.
+    table = pd.DataFrame({"latent": [0, 1, 2, 3, 4], "label": "x", "top20_mean": [3.0, 3.0, 2.5, 4.0, 3.5],
+                          "expected_alignment": [0.25, 0.5, 0.0, 0.25, 0.26]})
+    assert hidden_concepts(table, tau_act=3.0, tau_align=0.25)["latent"].tolist() == [3, 0]
+    rel = pd.Series([1.0, 2.0, 2.0, 0.5, 2.0])
+    assert hidden_concepts(table, relevance=rel, tau_rel=2.0, tau_align=0.0)["latent"].tolist() == [2]
+
+
 def test_latent_relevance_is_max_over_prompts_of_mean_act_grad():
     clip = tiny_clip()
     g = torch.Generator().manual_seed(3)
@@ -186,3 +195,27 @@ def test_basis_diversity_components_and_pca_tops():
     assert len(rnd.components[rnd.components.basis == "SAE"]) == 8
     with pytest.raises(ValueError, match="exceeds 2 \\* d_pre"):
         basis_diversity(x, sae, labeler, vocab, n_components=14, top=10, progress=False)
+
+
+def test_basis_diversity_counts_unique_labels_per_basis():
+    """Four clusters of 25 tokens in 2-d, one concept each: p at (3, 3), q at (-3, -3), r at
+    (1, -1), s at (-1, 1). PCA's two directions (the diagonals) reach all four clusters at
+    their ends; both neurons reach only p and q (x_0 and x_1 are largest on p); an SAE with
+    one latent per cluster direction (k = 1) has one latent per cluster. So 4 labels for the
+    SAE and PCA, 2 for the neurons."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[3.0, 3.0], [-3.0, -3.0], [1.0, -1.0], [-1.0, 1.0]])
+    concept = torch.arange(4).repeat_interleave(25)
+    x = centers[concept] + 0.05 * torch.randn(100, 2, generator=g)
+    sae = TopKSAE(2, 4, 1)
+    with torch.no_grad():
+        unit = F.normalize(centers, dim=1)
+        sae.W_dec.copy_(unit), sae.W_enc.copy_(unit.T), sae.b_enc.zero_(), sae.b_dec.zero_()
+    labeler = F.normalize(torch.eye(4)[concept] + 0.01 * torch.randn(100, 4, generator=g), dim=1)
+    vocab = Vocabulary(pd.DataFrame({"label": ["p", "q", "r", "s"]}), torch.eye(4), F.normalize(torch.ones(4), dim=0))
+    div = basis_diversity(x, sae, labeler, vocab, top=10, progress=False)
+    s = div.summary.set_index("basis")
+    assert s["components"].tolist() == [4, 4, 4, 4]
+    assert s["unique_labels"].to_dict() == {"SAE": 4, "SAE (all)": 4, "PCA": 4, "neuron": 2}
+    assert s["unique_labels_positive"].to_dict() == {"SAE": 4, "SAE (all)": 4, "PCA": 4, "neuron": 2}
+    assert sorted(div.components.query("basis == 'neuron'")["label"]) == ["p", "p", "q", "q"]
