@@ -98,12 +98,14 @@ def test_find_components_by_id_label_and_top_labels(world):
 def test_component_card_and_browser(world, monkeypatch):
     _, _, top, table = world
     j = int(table["latent"].iloc[0])
-    rel = pd.DataFrame(np.arange(3 * top.d_sae, dtype=float).reshape(3, top.d_sae) * [[1], [3], [2]],
-                       index=["cat", "dog", "car"])
+    rel = pd.DataFrame(np.arange(6 * top.d_sae, dtype=float).reshape(6, top.d_sae),
+                       index=["cat", "dog", "car", "bus", "sky", "sea"])
+    rel[j] = [0.2, 0.9, -0.5, 0.4, 0.0, 0.7]  # latent j's relevance per class, in no particular order
     card = widgets.component_card(table, top, j, class_relevance=rel, n_images=5)
     valid = [int(r) for r in top.rows[j] if r >= 0][:5]
     assert card.rows == valid and card.activations == pytest.approx(top.values[j, :len(valid)].tolist())
-    assert [c for c, _ in card.relevant_classes] == ["dog", "car", "cat"] if j else True
+    # the 5 most relevant, most relevant first; the least relevant ("car") is left out
+    assert card.relevant_classes == [("dog", 0.9), ("sea", 0.7), ("bus", 0.4), ("cat", 0.2), ("sky", 0.0)]
     assert card.label == table.loc[table["latent"] == j, "label"].iloc[0]
     html = widgets.card_html(card)
     assert f"latent {j}" in html and "most relevant classes" in html
