@@ -347,6 +347,28 @@ def test_run_case_records_and_summaries():
     assert tr["alpha"].tolist() == [0.0, 0.5, 4.0] and abs(tr["cut"].iloc[0]) < 0.1  # alpha 0: no augmentation
 
 
+def test_run_seed_takes_eq33_from_the_benign_training_rows_only():
+    """Eq. 33 (App. E: "non-melanoma samples") by hand on the toy case, where the tint is on 60 %
+    of the benign tokens and 5 % of the melanoma ones: the thresholds, set sizes and |u| from
+    the benign training rows, not from all training rows or all benign rows."""
+    data, _ = _toy_case()
+    cfg = mel.CaseConfig(alphas=(0.0,), alpha=0.0, select_alpha=False, oracle=False)
+    got = mel.run_seed(data, 0, seed=3, cfg=cfg).direction
+    x = data.tokens["none"]
+    split = mel.split_indices(data.labels, 3)
+    ben = split.train[data.labels[split.train] == 0]
+    with torch.no_grad():  # latent 0's activation from the dense pre-activations (top-3, ReLU)
+        pre = data.sae.pre_acts(x)
+        a = torch.where((pre.topk(3, dim=1).indices == 0).any(1), pre[:, 0].clamp_min(0), 0.0)[ben].double().numpy()
+    t_low, t_high = np.quantile(a, [0.5, 0.95])  # the default thresholds
+    low, high = a <= t_low, a >= t_high
+    u = x[ben][high].double().mean(0) - x[ben][low].double().mean(0)
+    assert (got["n_low"], got["n_high"]) == (int(low.sum()), int(high.sum()))
+    assert (got["t_low"], got["t_high"]) == (pytest.approx(t_low, abs=1e-5), pytest.approx(t_high, abs=1e-5))
+    assert got["act_mean"] == pytest.approx(a.mean(), abs=1e-5)
+    assert got["u_norm"] == pytest.approx(float(u.norm()), rel=1e-5)
+
+
 def test_target_clean_cost_and_sem_by_hand():
     rows = []
     table = {  # (probe, seed): melanoma none, melanoma more_red, benign none
