@@ -155,6 +155,18 @@ def test_changing_any_parameter_changes_the_key():
     assert repr(variants["closure value 2"]) == repr(variants["closure value 3"])
 
 
+def _gray_or_rgb(gray):
+    """Two lambdas with one qualname (``_gray_or_rgb.<locals>.<lambda>``) and different bodies."""
+    return (lambda image: image.convert("L")) if gray else (lambda image: image.convert("RGB"))
+
+
+def test_lambdas_with_one_name_are_told_apart_by_their_body():
+    gray, rgb = _gray_or_rgb(True), _gray_or_rgb(False)
+    assert gray.__qualname__ == rgb.__qualname__, "the case being tested: the name alone cannot tell them apart"
+    assert describe_transform(T.Lambda(gray)) != describe_transform(T.Lambda(rgb))
+    assert describe_transform(T.Lambda(_gray_or_rgb(True))) == describe_transform(T.Lambda(gray))
+
+
 def test_full_cache_key_follows_preprocess():
     from _tiny import tiny_clip
     from clipattr_utils.data import TensorImageSet
