@@ -130,4 +130,34 @@ def score(truth: pd.DataFrame, classes: Sequence[MiningClass], top: int = 10) ->
             "all_modes_covered": bool(all(v > 0 for v in recall.values()))}
 
 
-__all__ = ["MODES", "FAILURE_TYPES", "MODE_TYPE", "carries", "planted_attributes", "suggest_type", "pair_truth", "score"]
+def label_names_planted(truth: pd.DataFrame, flagged: pd.DataFrame, vocabulary: pd.DataFrame,
+                        classes: Sequence[MiningClass]) -> pd.DataFrame:
+    """Do the labels of the found pairs name the planted attribute they point at? One row per
+    pair with a planted mode: its ``label`` (notebook 02's, carried in ``flagged``) and
+    ``names_planted``: the label names the attribute of that mode -- the background ("water")
+    for (a), the written word for (b), the other sprite or its class for (c), fire for (d).
+    ``vocabulary``: the label frame (``label, attribute, value``) the labels came from."""
+    from ..labeling.ground_truth import named_pairs
+
+    pairs_of = {str(lab): named_pairs(a, v) for lab, a, v in
+                zip(vocabulary["label"], vocabulary["attribute"], vocabulary["value"])}
+    label_of = {(str(c), int(j)): str(lab) for c, j, lab in zip(flagged["class"], flagged["latent"],
+                                                               flagged.get("label", pd.Series("", index=flagged.index)))}
+    by_name = {c.name: c for c in classes}
+    rows = []
+    for r in truth.itertuples(index=False):
+        if not r.mode:
+            continue
+        label = label_of.get((r[0], int(r.latent)), "")
+        named = pairs_of.get(label, set())
+        wanted = set()
+        for m, col, val in planted_attributes(by_name[r[0]]):
+            if m == r.mode:
+                wanted.add(("object", val) if col == "shows" else (col, val))
+        rows.append({"class": r[0], "latent": int(r.latent), "mode": r.mode, "label": label,
+                     "names_planted": bool(named & wanted)})
+    return pd.DataFrame(rows, columns=["class", "latent", "mode", "label", "names_planted"])
+
+
+__all__ = ["MODES", "FAILURE_TYPES", "MODE_TYPE", "carries", "planted_attributes", "suggest_type", "pair_truth", "score",
+           "label_names_planted"]
