@@ -412,6 +412,25 @@ def test_feature_cache_input_and_precomputed_code(world64, tmp_path):
     assert torch.equal(again.values, from_tensor.values)
 
 
+def test_nonfinite_rows_are_refused_naming_them():
+    """A NaN row used to give NaN scores on arbitrary latent ids (top-k over NaN) silently."""
+    g = torch.Generator().manual_seed(0)
+    head = Head(torch.ones(16), torch.zeros(16), torch.randn(16, 8, generator=g), 1e-5)
+    sae = _random_sae(16, 64, 4, seed=1)
+    x, text = torch.randn(10, 16, generator=g), torch.randn(3, 8, generator=g)
+    code = sae.encode(x)
+    x[[2, 9], 5] = float("nan")
+    for method in (act_grad, energy):
+        with pytest.raises(ValueError, match=r"^x: 2 of 10 rows hold NaN or inf \(rows 2, 9\)"):
+            method(x, sae, head, text)
+    with pytest.raises(ValueError, match=r"^x: 2 of 10 rows hold NaN or inf \(rows 2, 9\)"):
+        act_grad(x, sae, head, text, code=code)  # x itself is read only for the per-sample state
+    values = code.values.clone()
+    values[4, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"^code.values: 1 of 10 rows hold NaN or inf \(rows 4\)"):
+        energy(x.nan_to_num(), sae, head, text, code=(code.indices, values))
+
+
 # ------------------------------------------------------------------------ result helpers
 
 

@@ -135,6 +135,20 @@ def test_feature_cache_ids_frame_and_roundtrip(tmp_path):
         top_activating(torch.randn(5, 7), sae, progress=False)
 
 
+def test_nonfinite_rows_are_refused_naming_them(tmp_path):
+    """NaN rows used to be counted in n_rows but never enter a table, without a word."""
+    x = _features(n=100)
+    x[[3, 40, 41], 2] = float("nan")
+    x[90, 0] = float("inf")
+    want = r"^top_activating: features: 4 of 100 rows hold NaN or inf \(rows 3, 40, 41, 90\)"
+    with pytest.raises(ValueError, match=want):
+        top_activating(x, _sae(), 5, chunk_rows=16, progress=False)
+    with pytest.raises(ValueError, match=want):
+        top_activating(write_cache(tmp_path / "c", x), _sae(), 5, chunk_rows=16, progress=False)
+    with pytest.raises(ValueError, match=r"\(rows 1003, 1040, 1041, 1090\)"):  # a shard names global rows
+        top_activating(x, _sae(), 5, row_offset=1000, progress=False)
+
+
 def test_merge_of_shards_is_exact():
     x, sae = _features(), _sae()
     ids = [f"s{i}" for i in range(len(x))]

@@ -93,3 +93,11 @@ def test_fvu_robust_to_huge_mean():
 def test_width_mismatch_is_an_error():
     with pytest.raises(ValueError, match=r"\(N, 5\).*d_in=8"):
         evaluate(TopKSAE(8, 16, k=2), torch.zeros(3, 5), progress=False)
+
+
+def test_nonfinite_rows_are_an_error_naming_them():
+    x = _data(n=300)
+    x[[5, 150, 151, 152, 160, 299], 0] = float("nan")
+    with pytest.raises(ValueError, match=r"^evaluate: features: 6 of 300 rows hold NaN or inf "
+                                         r"\(rows 5, 150, 151, 152, 160, \.\.\.\)"):
+        evaluate(TopKSAE(8, 16, k=2), x, batch_size=64, progress=False)

@@ -220,6 +220,30 @@ def test_input_errors():
         train([[1.0]], _small_cfg(), progress=False)
 
 
+def test_nonfinite_rows_are_refused_before_any_step():
+    """One NaN or inf row used to turn every weight NaN while train returned normally."""
+    x, _ = planted(500, d=16, atoms=64, active=3, seed=5)
+    x[7, 3], x[300, 0] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match=r"^features: 2 of 500 rows hold NaN or inf \(rows 7, 300\)"):
+        train(x, _small_cfg(epochs=1), progress=False)
+    x[7, 3], x[300, 0] = 0.0, 0.0
+    val = x[:50].clone()
+    val[49, 1] = float("-inf")
+    with pytest.raises(ValueError, match=r"^val_features: 1 of 50 rows hold NaN or inf \(rows 49\)"):
+        train(x, _small_cfg(epochs=1), val_features=val, progress=False)
+
+
+def test_nonfinite_rows_are_refused_on_resume(tmp_path):
+    """A resumed run skips the mean pass: its batches are checked instead. The fingerprint
+    reads the first and last 256 rows, so a NaN in the middle resumes on "the same" data."""
+    x, _ = planted(1000, d=16, atoms=64, active=3, seed=6)
+    cfg = _small_cfg(epochs=2, epoch_fraction=1.0)  # every row in every epoch
+    train(x, cfg, checkpoint_dir=tmp_path / "ck", stop_after_epoch=1, progress=False)
+    x[600, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"^features: 1 of 1000 rows hold NaN or inf \(rows 600\)"):
+        train(x, cfg, checkpoint_dir=tmp_path / "ck", progress=False)
+
+
 def test_sae_adamw_equals_plain_adamw_and_updates_in_place():
     """The contiguous alias of W_enc is an implementation detail: same numbers as torch's AdamW."""
     from clipattr_utils.sae.optim import SAEAdamW

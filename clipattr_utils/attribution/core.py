@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..finite import NonFiniteRows, require_finite
 from ..head import Head
 from ..sae.model import EncoderOutput, TopKSAE
 from .result import Attribution, TopAttribution
@@ -320,15 +321,22 @@ def affine(qg: torch.Tensor, aq: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
 # ------------------------------------------------------------------------------ driver
 
 
+_NONFINITE_HINT = "a NaN row gets NaN scores on arbitrary latents (top-k of NaN); drop those rows"
+
+
 def _resolve_code(x: Any, sae: TopKSAE, code: Any, n: int, chunk: int, device: torch.device,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     if code is None:
         idx, val = [], []
+        bad = NonFiniteRows()
         with torch.no_grad():
             for s in range(0, n, chunk):
-                enc = sae.encode(_rows(x, s, min(n, s + chunk)).to(sae.W_enc.device, sae.W_enc.dtype))
+                xs = _rows(x, s, min(n, s + chunk))
+                bad.add(xs, s)
+                enc = sae.encode(xs.to(sae.W_enc.device, sae.W_enc.dtype))
                 idx.append(enc.indices.to(device))
                 val.append(enc.values.to(device, dtype))
+        bad.raise_if_any("x", n, _NONFINITE_HINT)
         if not idx:
             return torch.empty(0, sae.k, dtype=torch.long, device=device), torch.empty(0, sae.k, dtype=dtype, device=device)
         return torch.cat(idx), torch.cat(val)
@@ -340,6 +348,7 @@ def _resolve_code(x: Any, sae: TopKSAE, code: Any, n: int, chunk: int, device: t
         raise ValueError(f"code must hold (N={n}, k) indices and values, got {tuple(idx.shape)} and {tuple(val.shape)}")
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= sae.d_sae):
         raise ValueError(f"code.indices out of range for d_sae={sae.d_sae}")
+    require_finite(val.detach(), "code.values", hint=_NONFINITE_HINT)
     return idx.detach().to(device, torch.long), val.detach().to(device, dtype)
 
 
@@ -377,12 +386,15 @@ def run(
 
     with torch.no_grad():
         parts: list[dict[str, torch.Tensor]] = []
+        bad = NonFiniteRows()  # x was checked when encoded; not when the caller passed code=
         for s in range(0, n, state_chunk):
             e = min(n, s + state_chunk)
             xs = _rows(x, s, e).to(device, dtype)
             if xs.shape[1] != prep.d:
                 raise ValueError(f"x must be (N, d_pre={prep.d}) class tokens, got rows of width {xs.shape[1]}")
+            bad.add(xs, s)
             parts.append(kernel.state(prep, target, xs, idx[s:e], a[s:e], slice(s, e)))
+        bad.raise_if_any("x", n, _NONFINITE_HINT)
         state = {key: torch.cat([p[key] for p in parts]) for key in parts[0]} if parts else {}
 
         M = kernel.latent_matrix(prep, target)

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..finite import NonFiniteRows
 from ..sae.model import TopKSAE
 
 _PAD_ROW = torch.iinfo(torch.int64).max  # sorts after every real row while merging
@@ -370,14 +371,21 @@ def top_activating(features: Any, sae: TopKSAE, n: int = 100, *, chunk_rows: int
         cache_ids = [str(i) for i in ids]
     dev = torch.device(device) if device is not None else sae.W_dec.device
     acc = _Accumulator(sae.d_sae, int(n), dev, merge_triplets)
+    bad = NonFiniteRows()
     bar = tqdm(total=n_rows, unit="row", desc="top-activating samples", disable=not progress)
     for start, x in chunks:
+        bad.add(x, start + row_offset)
+        if bad.count:  # the table is refused below; only count the remaining bad rows
+            bar.update(x.shape[0])
+            continue
         code = sae.encode(x.to(dev, sae.W_enc.dtype), chunk_rows=max(chunk_rows, 1))
         active = sae.active_mask(code)
         r, slot = torch.nonzero(active, as_tuple=True)  # row-major: rows ascend
         acc.add(r + (start + row_offset), code.indices[r, slot], code.values[r, slot])
         bar.update(x.shape[0])
     bar.close()
+    # A NaN row would count in n_rows (and the activation frequencies) yet never enter a table.
+    bad.raise_if_any("top_activating: features", n_rows, "drop or repair those rows first")
     meta = {**meta, "sae": sae.config(), "n": int(n)}
     return acc.result(n_rows, cache_ids, ((int(row_offset), int(row_offset) + n_rows),), meta)
 

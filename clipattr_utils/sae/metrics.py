@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..finite import NonFiniteRows
 from .model import TopKSAE
 from .source import FeatureSource
 
@@ -147,12 +148,16 @@ def accumulate(sae: TopKSAE, features: Any, batch_size: int = 4096, device: str 
         raise ValueError(f"evaluate: rows [{start}, {stop}) are not within the {src.n} rows")
     device = torch.device(device) if device is not None else sae.W_dec.device
     state = MetricsState(src.d, sae.d_sae)
+    bad = NonFiniteRows()
     bar = tqdm(total=stop - start, unit="row", desc="evaluate SAE", disable=not progress, leave=False)
     for s in range(start, stop, batch_size):
         chunk = src.read(s, min(stop, s + batch_size))
-        state.update(sae, chunk.to(device))
+        bad.add(chunk, s)
+        if not bad.count:  # after a bad row the metrics are moot; keep counting them
+            state.update(sae, chunk.to(device))
         bar.update(chunk.shape[0])
     bar.close()
+    bad.raise_if_any("evaluate: features", src.n, "NaN rows would make FVU and cosine NaN")
     return state
 
 

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from ..finite import NonFiniteRows
+
 STREAM_ROWS = 65536
 """Rows per read when a whole feature set is streamed (mean, evaluation chunks)."""
 
@@ -24,6 +26,7 @@ class FeatureSource:
 
     def __init__(self, features: Any, name: str = "features"):
         self.cache = None
+        self.name = name
         if isinstance(features, FeatureSource):
             self.__dict__.update(features.__dict__)
             return
@@ -67,6 +70,14 @@ class FeatureSource:
         for chunk in self.iter_chunks(chunk_rows or STREAM_ROWS):
             total += chunk.to(torch.float64).sum(0).cpu()
         return (total / self.n).float()
+
+    def require_finite(self, hint: str = "", chunk_rows: int | None = None) -> None:
+        """One streamed pass over all rows; a ValueError naming ``self.name``, how many rows hold
+        NaN or inf and the first few of them, when any do."""
+        bad = NonFiniteRows()
+        for start in range(0, self.n, chunk_rows or STREAM_ROWS):
+            bad.add(self.read(start, min(self.n, start + (chunk_rows or STREAM_ROWS))), start)
+        bad.raise_if_any(self.name, self.n, hint)
 
     def identity(self) -> dict[str, Any]:
         """What the data is, for cfg.json and for refusing to resume on other data."""

@@ -379,7 +379,12 @@ def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: s
     resuming = ckpt is not None and resume and (ckpt / STATE_JSON).is_file()
     sae = TopKSAE(d_in, cfg.d_sae, cfg.k, cfg.relu, generator=torch.Generator().manual_seed(cfg.seed))
     if not resuming:  # a resumed run loads b; skip the extra pass over the data
-        sae.init_bias_(src.mean())
+        mean = src.mean()
+        if not bool(torch.isfinite(mean).all()):  # some row holds NaN/inf: say which (before any step)
+            src.require_finite(_NONFINITE_HINT)
+        sae.init_bias_(mean)
+    if val is not None:  # fail now, not after the first epoch
+        val.require_finite(_NONFINITE_HINT)
     sae.to(device)
     opt = _make_optimizer(sae, cfg)
     state = _State(sae, opt, torch.zeros(cfg.d_sae, dtype=torch.int64, device=device))
@@ -398,7 +403,8 @@ def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: s
             for group in opt.param_groups:
                 group["lr"] = lr
             order = epoch_indices(src.n, cfg, epoch)
-            batches = (src.take(order[s:s + cfg.batch_size].numpy()) for s in range(0, len(order), cfg.batch_size))
+            batches = (_finite(src, src.take(order[s:s + cfg.batch_size].numpy()))
+                       for s in range(0, len(order), cfg.batch_size))
             rows = []
             for xb in prefetch(batches):
                 xb = xb.to(device, non_blocking=True)
@@ -436,6 +442,17 @@ def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: s
         first = ["epoch", "step", "lr", "loss", "aux_loss", "fvu", "l0", "dead_frac", "seconds"]
         epochs = epochs[first + sorted(c for c in epochs.columns if c not in first)]
     return TrainResult(sae, steps, epochs, metrics, cfg)
+
+
+_NONFINITE_HINT = "one such row makes every SAE weight NaN; drop or repair those rows before training"
+
+
+def _finite(src: FeatureSource, batch: torch.Tensor) -> torch.Tensor:
+    """``batch`` when all finite; else the error of a full scan (a resumed run skips the mean
+    pass that would have caught the rows at the start)."""
+    if not bool(torch.isfinite(batch).all()):
+        src.require_finite(_NONFINITE_HINT)
+    return batch
 
 
 def _step(sae: TopKSAE, opt: SAEAdamW, state: _State, x: torch.Tensor, cfg: TrainConfig,
