@@ -462,7 +462,8 @@ def _same_key_everywhere(key: str, group) -> None:
     if len(set(keys)) > 1:
         raise RuntimeError(f"extract: the ranks computed different cache keys ({', '.join(map(str, keys))}): the "
                            "model weights, preprocessing or image set differ between them (random-init weights: "
-                           "seed torch before building the model in every rank)")
+                           "seed torch before building the model in every rank; a copy of the images per node: "
+                           "copy them with their modification times, cp -p or rsync -a)")
 
 
 def _barrier(group) -> None:

@@ -133,6 +133,12 @@ MUTANTS: list[Mutant] = [
       '    if "<lambda>" in fn.__qualname__:\n        out["code"]', '    if False:\n        out["code"]', (KEY,)),
     M("cache key: closure values left out", "clipattr_utils/transform_key.py",
       "    if fn.__closure__:\n", "    if False:\n", (KEY,)),
+    M("cache key: file token without the modification time", "clipattr_utils/data.py",
+      'return f"{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"', 'return f"{st.st_size}:{h.hexdigest()[:16]}"',
+      ("tests/test_data.py::test_fingerprint_notices_an_edit_between_the_hashed_ends",)),
+    M("cache key: file token without the content hash", "clipattr_utils/data.py",
+      'return f"{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"', 'return f"{st.st_size}:{st.st_mtime_ns}"',
+      ("tests/test_data.py::test_fingerprint_notices_a_replaced_file_of_the_same_size",)),
 ]
 
 

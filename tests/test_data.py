@@ -131,6 +131,46 @@ def test_image_folder_with_and_without_csv(tmp_path):
         ImageFolder(empty)
 
 
+def _replace_keeping_size(path, img, keep_mtime):
+    """Write ``img`` over ``path`` as a file of exactly the old byte size (zeros after the
+    image's end marker, which decoders ignore); with ``keep_mtime`` as ``cp -p`` would."""
+    st = path.stat()
+    fmt = "BMP" if path.suffix == ".bmp" else "JPEG"
+    path.write_bytes(b"")
+    img.save(path, format=fmt)
+    data = path.read_bytes()
+    assert len(data) <= st.st_size
+    path.write_bytes(data + bytes(st.st_size - len(data)))
+    if keep_mtime:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_fingerprint_notices_a_replaced_file_of_the_same_size(tmp_path):
+    """It used to hash file sizes only, so a feature cache of the old picture was reused."""
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.jpg", quality=95)
+    _jpeg(tmp_path / "b.jpg")
+    before, old = ImageFolder(tmp_path).fingerprint(), (tmp_path / "a.jpg").stat()
+    assert ImageFolder(tmp_path).fingerprint() == before, "untouched files keep the key"
+    # same size, same modification time (cp -p, rsync -a): the hashed ends differ
+    _replace_keeping_size(tmp_path / "a.jpg", Image.new("RGB", (64, 64), (9, 9, 9)), keep_mtime=True)
+    now = (tmp_path / "a.jpg").stat()
+    assert (now.st_size, now.st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert ImageFolder(tmp_path).fingerprint() != before
+
+
+def test_fingerprint_notices_an_edit_between_the_hashed_ends(tmp_path):
+    """An uncompressed image edited in the middle keeps its size and both hashed ends; its
+    modification time changes."""
+    big = Image.new("RGB", (100, 100), (200, 200, 200))  # a 30 KB BMP: far more than 2 x 4 KiB
+    big.save(tmp_path / "a.bmp")
+    os.utime(tmp_path / "a.bmp", ns=(1_000_000_000, 1_000_000_000))
+    before = ImageFolder(tmp_path).fingerprint()
+    big.putpixel((50, 50), (0, 0, 0))
+    _replace_keeping_size(tmp_path / "a.bmp", big, keep_mtime=False)
+    assert ImageFolder(tmp_path).fingerprint() != before
+
+
 @pytest.mark.parametrize("mode, color", [("L", 128), ("CMYK", (0, 255, 255, 0)), ("P", 3), ("RGBA", (10, 20, 30, 0)),
                                          ("LA", (50, 255)), ("I;16", 300)])
 def test_to_rgb_handles_modes(mode, color):

@@ -66,6 +66,25 @@ def test_cache_reused_only_for_identical_key(clip_tiny, tmp_path):
     assert torch.equal(first.read(0, 5), other_data.read(0, 5)) and not torch.equal(first.read(5, 6), other_data.read(5, 6))
 
 
+def test_replaced_photo_of_the_same_size_is_extracted_again(clip_tiny, tmp_path):
+    """A photo replaced by another of the same byte size, its modification time kept (cp -p),
+    used to get the stale cache's features back."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.jpg", quality=95)
+    first = features.extract(clip_tiny, ImageFolder(root), tmp_path / "c", num_workers=0, progress=False)
+    path, st = root / "1.jpg", (root / "1.jpg").stat()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(path, quality=95)
+    path.write_bytes(path.read_bytes().ljust(st.st_size, b"\0"))  # bytes after the end marker are ignored
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+    again = features.extract(clip_tiny, ImageFolder(root), tmp_path / "c", num_workers=0, progress=False)
+    assert again.path != first.path
+    assert torch.equal(again.take([0, 2]), first.take([0, 2])) and not torch.equal(again.take([1]), first.take([1]))
+
+
 def _folder_with_bad_files(root: Path) -> Path:
     root.mkdir()
     for i in range(5):
