@@ -27,19 +27,35 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+"""PIL modes of unsigned 16-bit grey pixels (a 16-bit grayscale PNG or TIFF opens as one)."""
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, CMYK, palette (with or without transparency) and RGBA -> RGB.
+    """Grayscale (8- or 16-bit), CMYK, palette (with or without transparency) and RGBA -> RGB.
 
     Transparent pixels are composited on white so a palette/alpha icon does not come out black.
+    16-bit grey keeps its high byte (v >> 8), as Pillow itself reads a 16-bit RGB PNG: PIL's
+    own ``convert("RGB")`` clips every value above 255, which turns a 16-bit photo white.
+    Modes without a fixed range (32-bit integers "I" other than a PNG's, float "F") are
+    refused with the mode named rather than guessed.
     """
     if img.mode == "RGB":
         return img
+    if img.mode in SIXTEEN_BIT_MODES or (img.mode == "I" and img.format == "PNG"):  # a PNG's "I" is 16-bit
+        grey = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode in ("I", "F") or img.mode.startswith("I;"):
+        raise ValueError(f"image mode {img.mode!r} ({'float' if img.mode == 'F' else 'integer'} pixels with no fixed "
+                         "range) cannot be mapped to 8-bit RGB without a guess; convert it to 'L', 'RGB' or 16-bit "
+                         "'I;16' first")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
@@ -353,15 +369,42 @@ class ImageFolder(_FileImageSet):
         return {"kind": "image-folder", "root_name": self.root.name, "n": len(self), "labels_csv": self.labels_csv_name}
 
 
+def array_to_image(array, what: str = "image") -> Image.Image:
+    """An (H, W), (H, W, 3) or (H, W, 4) array as a PIL image, by the range its dtype implies.
+
+    uint8 as is; uint16 by its high byte (as `to_rgb` reads 16-bit files); floats must lie in
+    [0, 1] (x 255, rounded); other integers must lie in 0..255. A plain uint8 cast, as before,
+    turned float images in [0, 1] black and wrapped uint16 values around; anything else is
+    refused, naming ``what``, the dtype and the range found.
+    """
+    arr = np.asarray(array)
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
+        raise ValueError(f"{what}: expected an (H, W), (H, W, 3) or (H, W, 4) array, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return Image.fromarray(arr)
+    if arr.dtype == np.uint16:
+        return Image.fromarray((arr >> 8).astype(np.uint8))
+    if arr.size == 0:
+        raise ValueError(f"{what}: empty image of shape {arr.shape}")
+    lo, hi = arr.min(), arr.max()
+    if np.issubdtype(arr.dtype, np.floating):
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo and hi <= 1):
+            raise ValueError(f"{what}: float pixels must lie in [0, 1], found [{lo}, {hi}] ({arr.dtype}); for "
+                             "0..255 values cast to uint8 first")
+        return Image.fromarray(np.round(arr.astype(np.float64) * 255).astype(np.uint8))
+    if np.issubdtype(arr.dtype, np.integer) and 0 <= lo and hi <= 255:
+        return Image.fromarray(arr.astype(np.uint8))
+    raise ValueError(f"{what}: pixels of dtype {arr.dtype} in [{lo}, {hi}] have no known range; give uint8, uint16, "
+                     "floats in [0, 1] or integers in 0..255")
+
+
 class TensorImageSet(ImageSet):
-    """Images already in memory (PIL images or HxWx3 uint8 arrays) — for tests and benchmarks."""
+    """Images already in memory (PIL images or arrays, see `array_to_image`) — for tests and benchmarks."""
 
     def __init__(self, images: Sequence, labels: Sequence[int] | None = None, name: str = "in-memory",
                  classnames: Sequence[str] = ()):
-        import numpy as np
-
-        self.images = [img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
-                       for img in images]
+        self.images = [img if isinstance(img, Image.Image) else array_to_image(img, f"TensorImageSet image {i}")
+                       for i, img in enumerate(images)]
         self._labels = [-1] * len(self.images) if labels is None else [int(v) for v in labels]
         if len(self._labels) != len(self.images):
             raise ValueError(f"TensorImageSet: {len(self.images)} images but {len(self._labels)} labels")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipattr_utils.data import ISIC2019, ImageFolder, ImageNetFolder, imagenet_wnids, to_rgb
+from clipattr_utils.data import ISIC2019, ImageFolder, ImageNetFolder, TensorImageSet, imagenet_wnids, to_rgb
 from conftest import REPO, require_shared_data
 
 
@@ -181,6 +181,40 @@ def test_to_rgb_handles_modes(mode, color):
         assert out.getpixel((0, 0)) == (255, 255, 255)
     if mode == "CMYK":  # full magenta + yellow ink on white paper is red
         assert out.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_sixteen_bit_grey_keeps_its_range(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255: a 16-bit PNG used to come out white."""
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert img.mode in ("I;16", "I"), img.mode
+    out = np.asarray(ImageFolder(tmp_path).load_image(0))
+    assert out.shape == (64, 64, 3) and (out == (ramp >> 8)[..., None]).all()
+    assert np.asarray(to_rgb(Image.fromarray(ramp.astype(">u2"))))[5, 7, 1] == ramp[5, 7] >> 8  # big-endian
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_modes_without_a_range_are_refused_naming_the_mode(mode):
+    with pytest.raises(ValueError, match=f"image mode '{mode}'"):
+        to_rgb(Image.new(mode, (4, 4), 3))
+
+
+def test_tensor_image_set_reads_each_dtype_by_its_range():
+    """A uint8 cast used to turn float images in [0, 1] black and wrap uint16 around."""
+    g = np.random.default_rng(0)
+    u8 = g.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    images = TensorImageSet([u8, u8 / 255.0, u8.astype(np.float32) / 255, u8.astype(np.uint16) * 257,
+                             u8.astype(np.int64)])
+    for i in range(len(images)):
+        assert (np.asarray(images.load_image(i)) == u8).all(), i
+    grey16 = TensorImageSet([np.full((4, 4), 40000, np.uint16)]).load_image(0)
+    assert grey16.getpixel((0, 0)) == (156, 156, 156)  # 40000 >> 8
+    for bad, match in [(u8 * 1.0, r"image 1: float pixels must lie in \[0, 1\], found \[0\.0, 249\.0\] \(float64\)"),
+                       (u8.astype(np.int32) * 300, r"image 1: pixels of dtype int32 in \[\d+, \d+\]"),
+                       (u8.transpose(2, 0, 1), r"image 1: expected an .* got shape \(3, 8, 8\)")]:
+        with pytest.raises(ValueError, match="TensorImageSet " + match):
+            TensorImageSet([u8, bad])
 
 
 def test_imagenet_folder_every_keeps_every_nth_image_per_class(tmp_path):
