@@ -3,6 +3,8 @@ z-scores and flagging on constructed data, and the sandbox ground-truth scoring.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -262,6 +264,31 @@ def test_review_tags_round_trip_and_suggestions_are_not_applied(tmp_path):
     pd.testing.assert_frame_equal(tags, view.tags)
     assert fresh.card(1)["tag"] == "polysemy" and fresh.card(0)["rows"] == [0, 1]
     assert isinstance(fresh.show(interactive=False), pd.DataFrame)
+
+
+def test_review_load_checks_the_whole_file_before_applying_any_row(tmp_path):
+    """Unmatched pairs used to be skipped after a print, an unknown tag raised after the rows
+    before it were applied, and a non-integer latent gave a bare int() error."""
+    from clipattr_utils.mining.review import ReviewView
+
+    flagged = pd.DataFrame({"class": ["boat", "bat (animal)"], "latent": [5, 9], "label": ["water", ""],
+                            "n_samples": [12, 11], "mean_z": [4.0, 3.5]})
+    samples = pd.DataFrame({"class": ["boat"], "latent": [5], "sample_id": ["a"], "row": [0]})
+    view = ReviewView(flagged, samples, None)
+    path = tmp_path / "tags.csv"
+    cases = [
+        ("Boat,5,spurious,\n", r"1 pairs not flagged here: row 1: \('Boat', 5\), did you mean 'boat'\?"),
+        ("boat,5,spurious,\nbat (animal),9,bogus,\n", r"1 tags not in \[.*\]: row 2: 'bogus'"),
+        ("boat,5,spurious,\nbat (animal),nine,polysemy,\n", r"1 latents that are not integers: row 2: 'nine'"),
+        ("boat,5,spurious,\nboat,5,,\n", r"1 pairs listed twice: rows 1 and 2: \('boat', 5\)"),
+    ]
+    for body, match in cases:
+        path.write_text("class,latent,tag,note\n" + body)
+        with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: nothing loaded, the file has {match}"):
+            view.load(path)
+        assert (view.tags["tag"] == "").all(), f"a refused file applied a row: {body!r}"
+    path.write_text("class,latent,tag,note\nbat (animal),9,polysemy,two senses\nboat,5,,\n")
+    assert view.load(path)["tag"].tolist() == ["", "polysemy"]
 
 
 def test_auroc_and_table1_on_constructed_scores():

@@ -72,25 +72,47 @@ class ReviewView:
         return write_text_atomic(Path(path), self.tags.to_csv(index=False))
 
     def load(self, path: str | Path) -> pd.DataFrame:
-        """Read tags from a CSV written by `save`; rows for pairs not flagged here are
-        reported and ignored. Returns the current tag table."""
-        t = pd.read_csv(path, dtype={"class": str, "tag": str, "note": str}, keep_default_na=False)
+        """Read tags from a CSV written by `save`. Returns the current tag table.
+
+        The whole file is checked before any row is applied, so a bad file leaves the view as
+        it was: a latent that is not an integer, a tag not in `FAILURE_TYPES`, a pair listed
+        twice, and a pair not flagged here (e.g. "Boat" for "boat") are all errors naming the
+        file and the rows. Unmatched pairs used to be skipped after one printed line, leaving
+        a review that counted no failures; an unknown tag raised only after the rows before
+        it were applied.
+        """
+        t = pd.read_csv(path, dtype=str, keep_default_na=False)
         missing = [c for c in TAG_COLUMNS if c not in t.columns]
         if missing:
             raise ValueError(f"{path}: tag file lacks columns {missing}")
-        unknown = []
-        for r in t.itertuples(index=False):
+        flagged = {(c, int(j)): i for i, (c, j) in enumerate(zip(self.tags["class"], self.tags["latent"]))}
+        problems: dict[str, list[str]] = {}
+        apply, seen = [], {}
+        for row, r in enumerate(t[TAG_COLUMNS].itertuples(index=False, name=None), start=1):
+            cls, latent, tag, note = r
             try:
-                i = self._pos(r[0], int(r.latent))
-            except KeyError:
-                unknown.append((r[0], int(r.latent)))
+                j = int(latent.strip())
+            except ValueError:
+                problems.setdefault("latents that are not integers", []).append(f"row {row}: {latent!r}")
                 continue
-            if r.tag and r.tag not in FAILURE_TYPES:
-                raise ValueError(f"{path}: unknown tag {r.tag!r} for ({r[0]!r}, {r.latent})")
-            self.tags.at[i, "tag"] = r.tag
-            self.tags.at[i, "note"] = r.note
-        if unknown:
-            print(f"{path}: ignored {len(unknown)} tags for pairs not flagged here, e.g. {unknown[:3]}")
+            if tag and tag not in FAILURE_TYPES:
+                problems.setdefault(f"tags not in {list(FAILURE_TYPES)}", []).append(f"row {row}: {tag!r}")
+            if (cls, j) in seen:
+                problems.setdefault("pairs listed twice", []).append(f"rows {seen[cls, j]} and {row}: ({cls!r}, {j})")
+            seen[cls, j] = row
+            if (cls, j) not in flagged:
+                near = [c for c in dict.fromkeys(self.tags["class"])
+                        if c != cls and c.strip().lower() == cls.strip().lower()]
+                hint = f", did you mean {near[0]!r}?" if near else ""
+                problems.setdefault("pairs not flagged here", []).append(f"row {row}: ({cls!r}, {j}){hint}")
+                continue
+            apply.append((flagged[cls, j], tag, note))
+        if problems:
+            lines = [f"{len(v)} {k}: {'; '.join(v[:5])}{'; ...' if len(v) > 5 else ''}" for k, v in problems.items()]
+            raise ValueError(f"{path}: nothing loaded, the file has " + " | ".join(lines))
+        for i, tag, note in apply:
+            self.tags.at[i, "tag"] = tag
+            self.tags.at[i, "note"] = note
         return self.tags.copy()
 
     def card(self, i: int) -> dict:
