@@ -345,9 +345,14 @@ class ImageFolder(_FileImageSet):
             reader = csv.DictReader(f)
             if not {"filename", "label"} <= set(reader.fieldnames or []):
                 raise ValueError(f"ImageFolder {labels_csv}: needs 'filename' and 'label' columns, has {reader.fieldnames}")
-            rows = [(r["filename"], r["label"].strip()) for r in reader]
+            rows = [(r["filename"], (r["label"] or "").strip()) for r in reader]
         if not rows:
             raise ValueError(f"ImageFolder {labels_csv}: no rows")
+        blank = [f"line {line} ({name})" for line, (name, v) in enumerate(rows, start=2) if not v]
+        if blank:  # would otherwise become a class named ""
+            raise ValueError(f"ImageFolder {labels_csv}: {len(blank)} rows have a blank label: "
+                             f"{', '.join(blank[:5])}{', ...' if len(blank) > 5 else ''}; label every row "
+                             "or leave unlabeled images out of the CSV")
         missing = [name for name, _ in rows if not (root / name).is_file()]
         if missing:
             raise FileNotFoundError(

@@ -609,6 +609,13 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
     n = len(image_set)
     skipped = sorted({s["index"] for s in state["skipped"]})
     keep = np.setdiff1d(np.arange(n), np.asarray(skipped, dtype=np.int64))
+    if len(keep) == 0:
+        # An empty cache would pass for a result (and be reused) while every later step fails
+        # or, worse, finds nothing; nothing in the folder is worth keeping for a rerun.
+        shutil.rmtree(work, ignore_errors=True)
+        first = state["skipped"][0]
+        raise ValueError(f"extract: none of the {n} images of {image_set.describe()} could be decoded "
+                         f"(e.g. {first['id']}: {first['error']}); nothing was cached")
     if skipped:
         # Compact once at the end so readers never see placeholder rows.
         full = np.load(work / "features.npy", mmap_mode="r")

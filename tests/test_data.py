@@ -125,6 +125,9 @@ def test_image_folder_with_and_without_csv(tmp_path):
     csv_path.write_text("filename,label\na/x.png,0\nc/z.jpg,1\n")
     with pytest.raises(FileNotFoundError, match="c/z.jpg"):
         ImageFolder(tmp_path, labels_csv=csv_path)
+    csv_path.write_text("filename,label\na/x.png,cat\nb/y.jpg, \n")
+    with pytest.raises(ValueError, match=r"labels.csv: 1 rows have a blank label: line 3 \(b/y.jpg\)"):
+        ImageFolder(tmp_path, labels_csv=csv_path)  # used to make a class named ""
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no image files"):

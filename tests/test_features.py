@@ -113,6 +113,18 @@ def test_bad_files_are_skipped_and_listed(clip_tiny, tmp_path):
                          progress=False)
 
 
+def test_a_folder_where_no_image_decodes_is_an_error_not_an_empty_cache(clip_tiny, tmp_path):
+    """It used to be cached as an empty feature set, with a warning only."""
+    root = _folder_with_bad_files(tmp_path / "imgs")
+    for good in root.glob("good*.jpg"):
+        good.unlink()
+    images = ImageFolder(root)
+    for _ in range(2):  # and again: nothing was cached, nothing half-made stays in the way
+        with pytest.raises(ValueError, match=r"none of the 3 images .* could be decoded \(e.g. [a-z]+\.(jpg|png): "):
+            features.extract(clip_tiny, images, tmp_path / "cache", batch_size=2, num_workers=0, progress=False)
+        assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_resume_after_interrupt_equals_uninterrupted(clip_tiny, tmp_path):
     rng = np.random.default_rng(1)
     pics = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(37)]

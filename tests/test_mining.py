@@ -266,6 +266,14 @@ def test_review_tags_round_trip_and_suggestions_are_not_applied(tmp_path):
     assert isinstance(fresh.show(interactive=False), pd.DataFrame)
 
 
+@pytest.mark.parametrize("field, value", [("out_k", -1.0), ("out_k", float("inf")), ("z_thr", float("nan")),
+                                          ("min_count", 0), ("min_count", 2.5), ("std_floor", 0.0),
+                                          ("floor_quantile", 1.5), ("chunk_n", 0)])
+def test_mining_config_refuses_values_that_mine_silently_wrong(field, value):
+    with pytest.raises(ValueError, match=rf"^MiningConfig: {field} must .*, got {value!r}"):
+        mi.MiningConfig(**{field: value})
+
+
 def test_review_load_checks_the_whole_file_before_applying_any_row(tmp_path):
     """Unmatched pairs used to be skipped after a print, an unknown tag raised after the rows
     before it were applied, and a non-integer latent gave a bare int() error."""

@@ -38,6 +38,28 @@ class MiningConfig:
     floor_quantile: float = 0.5
     chunk_n: int = 256
 
+    def __post_init__(self) -> None:
+        """Refuse values that would mine silently wrong: a NaN threshold flags nothing, a
+        negative out_k keeps only samples above the class mean, min_count 0 flags latents
+        active on no outsider at all."""
+        def finite(v: Any) -> bool:
+            return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+        def count(v: Any) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+        checks = [
+            (finite(self.out_k) and self.out_k >= 0, "out_k must be a finite number >= 0"),
+            (finite(self.z_thr), "z_thr must be a finite number"),
+            (count(self.min_count), "min_count must be an integer >= 1"),
+            (finite(self.std_floor) and self.std_floor > 0, "std_floor must be a finite number > 0"),
+            (finite(self.floor_quantile) and 0 <= self.floor_quantile <= 1, "floor_quantile must lie in [0, 1]"),
+            (count(self.chunk_n), "chunk_n must be an integer >= 1"),
+        ]
+        bad = [f"{message}, got {getattr(self, message.split()[0])!r}" for ok, message in checks if not ok]
+        if bad:
+            raise ValueError("MiningConfig: " + "; ".join(bad))
+
 
 CONFIDENCES = ("cosine", "log_prob")
 """What "high model output" means for the outsider rule: ``"cosine"``, y(x, t_c) itself (App.
