@@ -3,7 +3,7 @@
 The fingerprint is computed on every ``extract`` call, including those that only open an
 existing cache, so its cost is paid each time. Compares, on a folder of JPEG photos:
 
-* ``size``: the byte size alone (the token before issue 26; missed a same-size replacement);
+* ``size``: the byte size alone (the earlier token; it missed a same-size replacement);
 * ``file_token``: size, modification time and a hash of the first and last 4 KiB (now);
 * ``full sha256``: hashing every byte (the alternative the issue names).
 
