@@ -12,7 +12,9 @@ On disk a cache is a folder ``<cache_dir>/<model>-L<layer>-<set>-<key>/`` holdin
 - ``features.npy``: (N, d_pre) float32, a numpy ``.npy`` read through a memmap (streamable);
 - ``labels.npy``: (N,) int64, -1 where unlabeled; ``ids.json``: the N sample ids;
 - ``meta.json``: the full key (model + weights hash, layer, preprocessing, image-set
-  fingerprint, precision), the skipped files and ``"complete": true``.
+  fingerprint, precision), the skipped files, the byte size and sha256 of each data file
+  (``"files"``: `FeatureCache` checks them, `extract` rebuilds a cache that fails) and
+  ``"complete": true``.
 
 Extraction writes into ``<name>.partial/`` and renames it when done, so a cache folder without
 ``.partial`` is always complete. Progress is committed per batch (rows flushed first, then an
@@ -64,8 +66,38 @@ class SkippedImagesWarning(UserWarning):
     """Some images could not be decoded and were left out of the cache."""
 
 
+class CacheIntegrityError(ValueError):
+    """A cache file is unreadable, truncated or altered since it was written; the message
+    names the file. `extract` rebuilds a cache that raises this."""
+
+
+class RebuiltCacheWarning(UserWarning):
+    """`extract` found its finished cache damaged and extracted it again."""
+
+
+DATA_FILES = ("features.npy", "labels.npy", "ids.json")
+"""The files whose byte size and sha256 ``meta.json`` records (``"files"``)."""
+ALWAYS_HASHED = ("labels.npy", "ids.json")
+"""Small enough to re-hash on every open; ``features.npy`` is re-hashed by `FeatureCache.verify`."""
+
+
+def file_record(path: Path) -> dict:
+    """``{"bytes": size, "sha256": hex digest}`` of one file, read in 16 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 * 2**20), b""):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
 class FeatureCache:
-    """A complete, read-only feature cache (see module docstring for the layout)."""
+    """A complete, read-only feature cache (see module docstring for the layout).
+
+    Opening checks what is cheap: every data file against the byte size ``meta.json``
+    records, and the small ones (labels, ids) against their sha256; `verify` also re-hashes
+    ``features.npy``. A file that is unreadable or fails a check raises `CacheIntegrityError`
+    naming it. (Caches written before the record existed are only checked for readability.)
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -74,17 +106,46 @@ class FeatureCache:
             raise ValueError(f"{self.path} is an unfinished extraction; rerun features.extract to complete it")
         if not meta_path.is_file():
             raise FileNotFoundError(f"Not a feature cache (no meta.json): {self.path}")
-        self.meta: dict = json.loads(meta_path.read_text())
+        self.meta: dict = self._read("meta.json", lambda p: json.loads(p.read_text()))
         if not self.meta.get("complete"):
             raise ValueError(f"Feature cache {self.path} is not marked complete")
-        self._x = np.load(self.path / "features.npy", mmap_mode="r")
-        self.labels: np.ndarray = np.load(self.path / "labels.npy")
-        self.ids: list[str] = json.loads((self.path / "ids.json").read_text())
+        for name in self.meta.get("files", {}):
+            self._check(name, hashed=name in ALWAYS_HASHED)
+        self._x = self._read("features.npy", lambda p: np.load(p, mmap_mode="r"))
+        self.labels: np.ndarray = self._read("labels.npy", np.load)
+        self.ids: list[str] = self._read("ids.json", lambda p: json.loads(p.read_text()))
         if not (len(self._x) == len(self.labels) == len(self.ids) == self.meta["n"]):
-            raise ValueError(
+            raise CacheIntegrityError(
                 f"Feature cache {self.path} is inconsistent: features {self._x.shape}, labels {self.labels.shape}, "
                 f"ids {len(self.ids)}, meta n={self.meta['n']}"
             )
+
+    def _read(self, name: str, reader):
+        """``reader(path)``; any failure becomes a `CacheIntegrityError` that names the file."""
+        path = self.path / name
+        try:
+            return reader(path)
+        except (OSError, ValueError, EOFError) as err:  # json.JSONDecodeError is a ValueError
+            raise CacheIntegrityError(f"Feature cache file {path} is unreadable ({type(err).__name__}: {err}); "
+                                      "rerun features.extract to rebuild the cache") from err
+
+    def _check(self, name: str, hashed: bool) -> None:
+        want, path = self.meta["files"][name], self.path / name
+        size = path.stat().st_size if path.is_file() else None
+        if size != want["bytes"]:
+            found = "it is missing" if size is None else f"it has {size}"
+            raise CacheIntegrityError(f"Feature cache file {path} should have {want['bytes']} bytes, {found} "
+                                      "(truncated or replaced); rerun features.extract to rebuild the cache")
+        if hashed and file_record(path)["sha256"] != want["sha256"]:
+            raise CacheIntegrityError(f"Feature cache file {path} does not match the sha256 in meta.json (altered "
+                                      "since it was written); rerun features.extract to rebuild the cache")
+
+    def verify(self) -> "FeatureCache":
+        """Re-hash every data file (one full read of ``features.npy``) against ``meta.json``;
+        returns the cache, or raises `CacheIntegrityError` naming the first file that differs."""
+        for name in self.meta.get("files", {}):
+            self._check(name, hashed=True)
+        return self
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "FeatureCache":
@@ -166,7 +227,7 @@ def write_cache(path: str | os.PathLike, x: torch.Tensor | np.ndarray, labels: S
     (tmp / "ids.json").write_text(json.dumps(ids))
     write_json_atomic(tmp / "meta.json", {**body, "key": key, "n": n, "d": int(x.shape[1]),
                                           "format": FORMAT_VERSION, "skipped": body.get("skipped", []),
-                                          "complete": True})
+                                          "files": {f: file_record(tmp / f) for f in DATA_FILES}, "complete": True})
     os.replace(tmp, path)
     return FeatureCache(path)
 
@@ -263,7 +324,7 @@ def _default_workers(device: torch.device) -> int:
 def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = None, batch_size: int = 64, layer: int = -1,
             num_workers: int | None = None, strict: bool = False, progress: bool = True,
             autocast: bool | None = None, what: str = "class_token", *, rank: int | None = None,
-            world_size: int | None = None) -> FeatureCache | None:
+            world_size: int | None = None, verify: bool = False) -> FeatureCache | None:
     """Class tokens (pre-``ln_post``) after block ``layer`` for every image; cached and resumable.
 
     With ``what="embedding"``: the model's final image embedding (``model.encode_image``),
@@ -284,6 +345,9 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
         what: ``"class_token"`` (default) or ``"embedding"`` (see above; part of the key).
         rank, world_size: this process's shard (module docstring). Default: taken from an
             initialised ``torch.distributed`` process group, else a single process. Not part of the key.
+        verify: also re-hash an existing cache's ``features.npy`` (`FeatureCache.verify`, one
+            full read); without it, sizes and the small files' hashes are checked. A cache that
+            fails is extracted again (`RebuiltCacheWarning`).
     Returns:
         the `FeatureCache` (existing one when the key matches exactly). Only with an explicit
         ``rank``/``world_size`` and no process group: None while other shards are still missing
@@ -319,10 +383,11 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     if group is not None:
         _same_key_everywhere(key, group)
     if final.exists():
-        cache = FeatureCache(final)
-        if cache.meta.get("key_full") != json.loads(json.dumps(key_dict)):
-            raise RuntimeError(f"Feature cache {final} has the same key hash but a different key; remove it")
-        return cache
+        cache = _open_or_discard(final, verify)
+        if cache is not None:
+            if cache.meta.get("key_full") != json.loads(json.dumps(key_dict)):
+                raise RuntimeError(f"Feature cache {final} has the same key hash but a different key; remove it")
+            return cache
 
     d = clip.model.visual.transformer.width if what == "class_token" else int(clip.d_post)
     if num_workers is None:
@@ -355,6 +420,26 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
               desc=f"features {clip.name} {where}")
     del features
     return _finalize(work, final, image_set, key, key_dict, state, clip, layer, d, what)
+
+
+def _open_or_discard(final: Path, verify: bool) -> FeatureCache | None:
+    """The finished cache, or None after moving a damaged one out of the way (to be rebuilt).
+
+    The folder is renamed before it is removed, so a reader never sees it half deleted, and
+    of several processes finding the same damage only one moves it.
+    """
+    try:
+        cache = FeatureCache(final)
+        return cache.verify() if verify else cache
+    except CacheIntegrityError as err:
+        warnings.warn(f"{err}: extracting it again", RebuiltCacheWarning, stacklevel=3)
+    trash = final.with_name(f"{final.name}.damaged-{os.getpid()}")
+    try:
+        os.replace(final, trash)
+    except FileNotFoundError:  # another process moved it first
+        return None
+    shutil.rmtree(trash, ignore_errors=True)
+    return None
 
 
 class _Run:
@@ -638,6 +723,7 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
         "image_set": image_set.describe(), "classnames": list(getattr(image_set, "classnames", [])),
         "skipped": state["skipped"], "batch_size": state["batch_size"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True,
+        "files": {f: file_record(work / f) for f in DATA_FILES},  # one more read of the rows, once
     }
     write_json_atomic(work / "meta.json", meta)
     shutil.rmtree(work / "shards", ignore_errors=True)  # a sharded run's pieces, now in features.npy

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,6 +124,65 @@ def test_a_folder_where_no_image_decodes_is_an_error_not_an_empty_cache(clip_tin
         with pytest.raises(ValueError, match=r"none of the 3 images .* could be decoded \(e.g. [a-z]+\.(jpg|png): "):
             features.extract(clip_tiny, images, tmp_path / "cache", batch_size=2, num_workers=0, progress=False)
         assert list((tmp_path / "cache").iterdir()) == []
+
+
+def _cache_bytes(path: Path) -> dict:
+    return {f: (path / f).read_bytes() for f in features.DATA_FILES}
+
+
+@pytest.mark.parametrize("name", features.DATA_FILES)
+def test_truncated_cache_file_is_named_and_extract_rebuilds_it(clip_tiny, tmp_path, name):
+    """A truncated file used to raise numpy's or json's error without the path, and extract
+    kept returning the broken cache."""
+    rng = np.random.default_rng(4)
+    images = TensorImageSet([rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(5)], labels=range(5))
+    first = features.extract(clip_tiny, images, tmp_path, batch_size=2, num_workers=0, progress=False)
+    good = _cache_bytes(first.path)
+    broken = first.path / name
+    broken.write_bytes(good[name][: len(good[name]) // 2])
+    with pytest.raises(features.CacheIntegrityError, match=rf"{re.escape(str(broken))} should have "
+                                                           rf"{len(good[name])} bytes, it has {len(good[name]) // 2}"):
+        FeatureCache(first.path)
+    with pytest.warns(features.RebuiltCacheWarning, match=re.escape(str(broken))):
+        again = features.extract(clip_tiny, images, tmp_path, batch_size=2, num_workers=0, progress=False)
+    assert again.path == first.path and _cache_bytes(again.path) == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [first.path.name], "the damaged copy is gone"
+
+
+def test_cache_files_are_checked_by_size_and_hash(tmp_path):
+    x = torch.randn(6, 4)
+    cache = features.write_cache(tmp_path / "c", x, ids=[f"img{i}" for i in range(6)])
+    ids = cache.path / "ids.json"
+    ids.write_text(ids.read_text().replace("img3", "img9"))  # same size: the hash tells
+    with pytest.raises(features.CacheIntegrityError, match=rf"{re.escape(str(ids))} does not match the sha256"):
+        FeatureCache(cache.path)
+    ids.write_text(ids.read_text().replace("img9", "img3"))
+    rows = cache.path / "features.npy"
+    data = bytearray(rows.read_bytes())
+    data[-1] ^= 0xFF  # same size; features.npy is re-hashed only by verify(), not on every open
+    rows.write_bytes(bytes(data))
+    assert not torch.equal(FeatureCache(cache.path).read(), x)
+    with pytest.raises(features.CacheIntegrityError, match=rf"{re.escape(str(rows))} does not match the sha256"):
+        FeatureCache(cache.path).verify()
+    # A cache written before the record existed: unreadable files are still named.
+    meta = json.loads((cache.path / "meta.json").read_text())
+    del meta["files"]
+    (cache.path / "meta.json").write_text(json.dumps(meta))
+    rows.write_bytes(bytes(data[:100]))
+    with pytest.raises(features.CacheIntegrityError, match=rf"{re.escape(str(rows))} is unreadable"):
+        FeatureCache(cache.path)
+
+
+def test_extract_verify_rebuilds_altered_rows(clip_tiny, tmp_path):
+    images = TensorImageSet([np.full((32, 32, 3), v, np.uint8) for v in (0, 100, 200)])
+    first = features.extract(clip_tiny, images, tmp_path, num_workers=0, progress=False)
+    good = _cache_bytes(first.path)
+    rows = first.path / "features.npy"
+    rows.write_bytes(good["features.npy"][:-4] + bytes(4))
+    assert features.extract(clip_tiny, images, tmp_path, num_workers=0, progress=False).path == first.path
+    with pytest.warns(features.RebuiltCacheWarning, match="does not match the sha256"):
+        again = features.extract(clip_tiny, images, tmp_path, num_workers=0, progress=False, verify=True)
+    assert _cache_bytes(again.path) == good
 
 
 def test_resume_after_interrupt_equals_uninterrupted(clip_tiny, tmp_path):

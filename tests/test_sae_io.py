@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -72,6 +73,16 @@ def test_missing_pieces_are_errors(tmp_path):
         TopKSAE.load(out)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         TopKSAE.load(tmp_path / "nowhere")
+
+
+def test_truncated_weights_name_the_file(tmp_path):
+    """safetensors' own error ("incomplete metadata, file not fully covered") named no file."""
+    out = _sae().save(tmp_path / "sae")
+    weights = out / "sae.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(sae_io.FormatError, match=rf"{re.escape(str(weights))}: not a readable safetensors file "
+                                                 r"\(\d+ bytes; truncated or damaged\?\)"):
+        TopKSAE.load(out)
 
 
 def test_sparsify_layout_loads(tmp_path):

@@ -86,6 +86,21 @@ def read_json(path: Path) -> dict:
     return obj
 
 
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file on the CPU; a truncated or malformed file raises a
+    `FormatError` naming it (safetensors' own error says only "incomplete metadata")."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except FileNotFoundError:
+        raise  # already names the file
+    except (SafetensorError, OSError) as err:
+        raise FormatError(f"{path}: not a readable safetensors file ({Path(path).stat().st_size} bytes; truncated "
+                          f"or damaged?): {err}") from err
+
+
 def require_int(cfg: Mapping, key: str, where: Path, *, positive: bool = True) -> int:
     """``cfg[key]`` as an int (bools are not ints here); missing or malformed names the key."""
     if key not in cfg or cfg[key] is None:

@@ -43,11 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from ..storage import save_tensors_atomic, write_json_atomic
 from .formats import (CFG_JSON, OUR_TENSORS, SAELENS, SAELENS_WEIGHTS, FormatError, SAEParts, check_shapes, falsy,
-                      read_json, refuse_extra_tensors, require_int)
+                      read_json, read_safetensors, refuse_extra_tensors, require_int)
 from .model import TopKSAE
 
 # What `save_saelens` declares in metadata.sae_lens_version: the cfg.json *schema* (nested
@@ -146,7 +145,7 @@ def read_saelens(folder: Path, weights_path: Path | None = None) -> SAEParts:
         warnings.warn(f"{cfg_path}: keys {shown} are unknown to this reader and were ignored; check they do not "
                       "change the encoder", stacklevel=3)
 
-    tensors = load_file(str(weights_path), device="cpu")
+    tensors = read_safetensors(weights_path)
     scale = tensors.pop("scaling_factor", None)
     if scale is not None and not torch.equal(scale, torch.ones_like(scale)):
         raise FormatError(f"{weights_path}: holds a scaling_factor tensor that is not all ones; a learned scale on "

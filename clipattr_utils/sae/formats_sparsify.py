@@ -29,10 +29,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
-
 from .formats import (CFG_JSON, OUR_WEIGHTS, SPARSIFY, FormatError, SAEParts, check_shapes, falsy, read_json,
-                      refuse_extra_tensors, require_int)
+                      read_safetensors, refuse_extra_tensors, require_int)
 
 _READ = {"d_in", "k", "num_latents", "expansion_factor", "activation"}
 _HARMLESS = {"normalize_decoder", "multi_topk", "lookup_max_order", "gram_table_hash"}
@@ -80,7 +78,7 @@ def read_sparsify(folder: Path, weights_path: Path | None = None) -> SAEParts:
     else:
         raise FormatError(f"{cfg_path}: gives no width (num_latents or expansion_factor), keys {sorted(cfg)}")
 
-    stored = load_file(str(weights_path), device="cpu")
+    stored = read_safetensors(weights_path)
     refuse_extra_tensors(weights_path, set(stored), set(_TENSORS),
                          "W_skip is a skip connection" if "W_skip" in stored else "")
     check_shapes(weights_path, cfg_path, d_in, d_sae, stored, {

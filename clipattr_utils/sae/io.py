@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file
 
 from ..storage import save_tensors_atomic, write_json_atomic  # noqa: F401  (re-exported: sae.train, notebooks)
 from .formats import (CFG_JSON, CLIPATTR, LAYOUTS, OUR_FORMAT, OUR_TENSORS, OUR_WEIGHTS, PRISMA, PRISMA_CONFIG,
                       SAELENS, SAELENS_WEIGHTS, SPARSIFY, FormatError, SAEParts, UnknownLayoutError, build_sae,
-                      check_shapes, detect_layout, read_json, require_int, warn_unit_norm)
+                      check_shapes, detect_layout, read_json, read_safetensors, require_int, warn_unit_norm)
 from .formats_saelens import read_saelens, save_saelens
 from .formats_sparsify import read_sparsify
 from .model import TopKSAE
@@ -107,7 +106,7 @@ def _read_clipattr(folder: Path, weights_path: Path | None = None) -> SAEParts:
     relu = cfg.get("relu", True)
     if not isinstance(relu, bool):
         raise FormatError(f"{cfg_path}: relu={relu!r} is not true/false")
-    tensors = load_file(str(weights_path), device="cpu")
+    tensors = read_safetensors(weights_path)
     check_shapes(weights_path, cfg_path, d_in, d_sae, tensors, {
         "W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)})
     extra = sorted(set(tensors) - set(OUR_TENSORS))

@@ -48,7 +48,7 @@ from typing import Any, Mapping
 import torch
 
 from .formats import (PRISMA, PRISMA_CONFIG, FormatError, SAEParts, check_shapes, falsy, read_json,
-                      refuse_extra_tensors, require_int)
+                      read_safetensors, refuse_extra_tensors, require_int)
 from .model import TopKSAE
 
 _TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec")
@@ -105,9 +105,7 @@ def _unpickler_reason(err: Exception) -> str:
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Tensors from a Prisma weights file: safetensors, or a weights-only torch pickle."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
+        return read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
