@@ -20,6 +20,8 @@ Extraction writes into ``<name>.partial/`` and renames it when done, so a cache 
 ``.partial`` is always complete. Progress is committed per batch (rows flushed first, then an
 atomically replaced ``progress.json``), so a killed run resumes where it stopped and produces
 exactly the rows an uninterrupted run would: batch boundaries are fixed by the stored batch size.
+While it writes, a single-process extraction holds ``<name>.partial/.lock`` (``flock``): a second
+process extracting the same cache waits for it, then returns the finished cache.
 
 Sharded (``torchrun``; see README "Scaling out"): when ``torch.distributed`` is initialised, or
 ``rank``/``world_size`` are given, the batches are split into ``world_size`` contiguous ranges.
@@ -396,7 +398,66 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     if world_size > 1:
         return _extract_sharded(run, work, final, key, key_dict, batch_size, world_size, group)
 
-    work.mkdir(parents=True, exist_ok=True)
+    lock = _lock_work(work, final)
+    if lock is None:  # another process finished this cache while we waited for it
+        return FeatureCache(final)
+    try:
+        cache = _extract_single(run, work, final, key, key_dict, batch_size, n, d, where)
+        (final / LOCK_NAME).unlink(missing_ok=True)  # moved along with the folder; a waiter re-checks final
+        return cache
+    finally:
+        os.close(lock)
+
+
+LOCK_NAME = ".lock"
+"""In ``<name>.partial/``: the file a single-process extraction holds (``flock``) while it writes."""
+
+
+def _lock_work(work: Path, final: Path) -> int | None:
+    """A descriptor holding an exclusive lock on ``work/.lock``, or None once ``final`` exists.
+
+    Two processes extracting the same cache used to both write ``work``; the first to finish
+    renamed it, and the other died on a missing temp file. Now the second waits (saying for
+    whom), then finds the finished cache. The lock is the kernel's (``flock``), so a killed
+    holder releases it; the lock file moves with the folder when it is finished, so a lock
+    won on a file no longer at ``work/.lock`` is retried. Without ``fcntl`` (Windows) there
+    is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        work.mkdir(parents=True, exist_ok=True)
+        return os.open(os.devnull, os.O_RDONLY)
+    path, warned = work / LOCK_NAME, False
+    while True:
+        if final.exists():
+            return None
+        work.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not warned:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                warnings.warn(f"another process ({holder}) is extracting into {work}; waiting for it to finish",
+                              stacklevel=3)
+                warned = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def _extract_single(run: _Run, work: Path, final: Path, key: str, key_dict: dict, batch_size: int, n: int,
+                    d: int, where: str) -> FeatureCache:
+    """One process extracts every row into ``work`` (holding its lock), then finishes the cache."""
+    clip, image_set = run.clip, run.image_set
     progress_path = work / "progress.json"
     if (work / "shards").is_dir() and not progress_path.is_file():
         layout = _read_json(work / "shards" / "layout.json") or {}
@@ -419,7 +480,7 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     _run_rows(run, features, 0, state["next_row"], n, batch_size, state, progress_path,
               desc=f"features {clip.name} {where}")
     del features
-    return _finalize(work, final, image_set, key, key_dict, state, clip, layer, d, what)
+    return _finalize(work, final, image_set, key, key_dict, state, clip, run.layer, d, run.what)
 
 
 def _open_or_discard(final: Path, verify: bool) -> FeatureCache | None:

@@ -253,6 +253,57 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert resumed_cache.ids == whole_cache.ids
 
 
+GATED_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from _tiny import tiny_clip
+    from clipattr_utils import features
+    from clipattr_utils.data import TensorImageSet
+
+    class Gated(TensorImageSet):  # images from 16 on wait for the gate file (when one is given)
+        def load_image(self, i):
+            while i >= 16 and sys.argv[2] and not Path(sys.argv[2]).exists():
+                time.sleep(0.02)
+            return super().load_image(i)
+
+    rng = np.random.default_rng(2)
+    pics = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(48)]
+    features.extract(tiny_clip(), Gated(pics), sys.argv[1], batch_size=8, num_workers=0, progress=False)
+""")
+
+
+def test_second_process_waits_for_the_first_instead_of_dying(tmp_path):
+    """Two processes extracting one cache: the slower used to die with a raw FileNotFoundError
+    on a temp file in the folder the faster one had just renamed."""
+    script, cache_dir, gate = tmp_path / "extract.py", tmp_path / "cache", tmp_path / "gate"
+    script.write_text(GATED_SCRIPT.format(tests=str(Path(__file__).parent)))
+    first = subprocess.Popen([sys.executable, str(script), str(cache_dir), str(gate)])
+    second = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(cache_dir.glob("*.partial/progress.json")):
+            time.sleep(0.05)
+        second = subprocess.Popen([sys.executable, str(script), str(cache_dir), ""], stderr=subprocess.PIPE,
+                                  text=True)
+        said = ""
+        for line in second.stderr:  # until it says it waits (or ends without waiting)
+            said += line
+            if "waiting for it to finish" in line:
+                break
+        assert f"another process (pid {first.pid} on " in said and "waiting for it to finish" in said, said
+    finally:
+        gate.touch()  # the first one finishes; the second then finds its cache
+        assert first.wait(timeout=120) == 0
+        if second is not None:
+            rest = second.communicate(timeout=120)[1]
+            assert second.returncode == 0, rest[-2000:]
+    (done,) = cache_dir.iterdir()
+    assert not done.name.endswith(".partial") and not (done / features.LOCK_NAME).exists()
+    assert FeatureCache(done).n == 48
+
+
 def test_write_cache_roundtrip_and_errors(tmp_path):
     x = torch.randn(10, 6)
     cache = features.write_cache(tmp_path / "c", x, labels=range(10), meta={"note": "synthetic"})
