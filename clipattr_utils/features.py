@@ -37,6 +37,7 @@ makes that rank ``os._exit(17)`` right after committing its k-th batch of the cu
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -471,9 +472,9 @@ def _extract_single(run: _Run, work: Path, final: Path, key: str, key_dict: dict
             warnings.warn(f"Resuming {work.name} with its original batch_size={state['batch_size']} "
                           f"(asked {batch_size}) so rows match an uninterrupted run")
             batch_size = state["batch_size"]
-        features = np.load(work / "features.npy", mmap_mode="r+")
+        features = rows_file(work / "features.npy")
     else:
-        features = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np.float32, shape=(n, d))
+        features = rows_file(work / "features.npy", (n, d))
         state = {"key_full": key_dict, "batch_size": batch_size, "next_row": 0, "skipped": []}
         write_json_atomic(progress_path, state)
 
@@ -501,6 +502,47 @@ def _open_or_discard(final: Path, verify: bool) -> FeatureCache | None:
         return None
     shutil.rmtree(trash, ignore_errors=True)
     return None
+
+
+def rows_file(path: Path, shape: tuple[int, int] | None = None) -> np.memmap:
+    """A float32 ``.npy`` memmap to write rows into: created with ``shape``, or (None) reopened
+    to resume; either way with all of its bytes reserved on disk first.
+
+    A memmap's file is sparse: a block is allocated when a row is first written to it, and
+    one that finds the disk full is not an error numpy can raise but a SIGBUS that kills the
+    process (exit 135, no message). So the space is checked (`shutil.disk_usage`) and
+    reserved (``posix_fallocate``) here, where running out is an OSError (ENOSPC) that says
+    how much is needed. Rows already written stay, so a rerun after freeing space resumes.
+    """
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape) if shape is not None else \
+        np.load(path, mmap_mode="r+")
+    st = path.stat()
+    missing = max(0, st.st_size - 512 * st.st_blocks)  # bytes not yet backed by a block
+    if missing > shutil.disk_usage(path.parent).free:
+        raise _no_space(path, missing)
+    if hasattr(os, "posix_fallocate") and missing:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, st.st_size)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise _no_space(path, missing) from err
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # no reservation on this filesystem
+                raise
+        finally:
+            os.close(fd)
+    return out
+
+
+def _no_space(path: Path, missing: int) -> OSError:
+    free = shutil.disk_usage(path.parent).free
+    return OSError(errno.ENOSPC, f"extract: {path} needs {_size(missing)} more on disk ({path.stat().st_size} bytes "
+                                 f"in all), {_size(free)} is free in {path.parent}; free space or use another "
+                                 "cache_dir, then rerun (rows already written are kept)")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 class _Run:
@@ -705,8 +747,7 @@ def _extract_shard(run: _Run, shards: Path, layout: dict, rank: int, key_dict: d
         state = {"key_full": key_dict, "batch_size": layout["batch_size"], "start": start, "stop": stop,
                  "next_row": start, "skipped": []}
         if stop > start:  # numpy cannot map an empty file: an empty shard has no rows file
-            np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float32,
-                                      shape=(stop - start, run.d)).flush()
+            rows_file(folder / "features.npy", (stop - start, run.d)).flush()
         write_json_atomic(progress_path, state)
     elif state["next_row"] < stop and run.progress:
         import sys
@@ -715,7 +756,7 @@ def _extract_shard(run: _Run, shards: Path, layout: dict, rank: int, key_dict: d
               file=sys.stderr, flush=True)
     if state["next_row"] >= stop:
         return
-    out = np.load(folder / "features.npy", mmap_mode="r+")
+    out = rows_file(folder / "features.npy")
     _run_rows(run, out, start, state["next_row"], stop, layout["batch_size"], state, progress_path,
               desc=f"features {run.clip.name} rank {rank}/{layout['world_size']}")
     del out
@@ -727,7 +768,7 @@ def _finish_shards(run: _Run, work: Path, final: Path, key: str, key_dict: dict,
     state = _read_json(work / "progress.json")
     if state is None:
         tmp = work / "features.assembling.npy"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
+        out = rows_file(tmp, (n, d))
         skipped: list = []
         for r, (start, stop) in enumerate(layout["ranges"]):
             folder = _shard_dir(shards, layout, r)
@@ -765,8 +806,7 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
     if skipped:
         # Compact once at the end so readers never see placeholder rows.
         full = np.load(work / "features.npy", mmap_mode="r")
-        compact = np.lib.format.open_memmap(work / "features.compact.npy", mode="w+", dtype=np.float32,
-                                            shape=(len(keep), full.shape[1]))
+        compact = rows_file(work / "features.compact.npy", (len(keep), full.shape[1]))
         for s in range(0, len(keep), 65536):
             compact[s:s + 65536] = full[keep[s:s + 65536]]
         compact.flush()

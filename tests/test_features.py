@@ -1,5 +1,7 @@
 """Feature cache: real photos, skipped files, keys, atomic finish, resume after interrupt and kill."""
 
+import collections
+import errno
 import json
 import os
 import re
@@ -302,6 +304,45 @@ def test_second_process_waits_for_the_first_instead_of_dying(tmp_path):
     (done,) = cache_dir.iterdir()
     assert not done.name.endswith(".partial") and not (done / features.LOCK_NAME).exists()
     assert FeatureCache(done).n == 48
+
+
+def _disk_with_free(free):
+    """A stand-in for shutil.disk_usage that reports ``free`` bytes free."""
+    return lambda path: collections.namedtuple("usage", "total used free")(10**12, 10**12 - free, free)
+
+
+def test_rows_file_reserves_its_space_or_says_how_much_is_missing(tmp_path, monkeypatch):
+    """Rows written into a sparse memmap on a full disk used to kill the process with SIGBUS
+    (exit 135, no message); the space is now reserved before any row is written."""
+    rows = features.rows_file(tmp_path / "a.npy", (1000, 48))
+    st = (tmp_path / "a.npy").stat()
+    assert st.st_size == 128 + 1000 * 48 * 4 and 512 * st.st_blocks >= st.st_size, "every block reserved"
+    assert features.rows_file(tmp_path / "a.npy").shape == rows.shape  # reopening to resume
+    want = r"extract: .*b.npy needs 0\.\d MiB more on disk \(192128 bytes in all\), 0\.0 MiB is free in "
+    monkeypatch.setattr(features.shutil, "disk_usage", _disk_with_free(1000))
+    with pytest.raises(OSError, match=want) as err:
+        features.rows_file(tmp_path / "b.npy", (1000, 48))
+    assert err.value.errno == errno.ENOSPC
+    monkeypatch.setattr(features.shutil, "disk_usage", _disk_with_free(10**9))
+
+    def full(fd, offset, length):  # the disk fills between the check and the reservation
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(OSError, match=r"c.npy needs 0\.\d MiB more on disk \(192128 bytes in all\)"):
+        features.rows_file(tmp_path / "c.npy", (1000, 48))
+
+
+def test_extract_on_a_full_disk_says_so_and_resumes_after_space_is_freed(clip_tiny, tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    images = TensorImageSet([rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(200)])
+    monkeypatch.setattr(features.shutil, "disk_usage", _disk_with_free(0))
+    with pytest.raises(OSError, match=r"features.npy needs .* more on disk .* rerun \(rows already written are kept\)"):
+        features.extract(clip_tiny, images, tmp_path / "full", batch_size=64, num_workers=0, progress=False)
+    monkeypatch.undo()
+    resumed = features.extract(clip_tiny, images, tmp_path / "full", batch_size=64, num_workers=0, progress=False)
+    whole = features.extract(clip_tiny, images, tmp_path / "whole", batch_size=64, num_workers=0, progress=False)
+    assert _cache_bytes(resumed.path) == _cache_bytes(whole.path)
 
 
 def test_write_cache_roundtrip_and_errors(tmp_path):
