@@ -220,11 +220,18 @@ def write_atlas(run_dir: Path, n_show: int = N_SHOW) -> Path | None:
         hidden = str(r.get("hidden")).lower() == "true"
         badges = ("<span class='badge'>hidden concept</span>" if hidden else "") + (
             "<span class='badge flagb'>flagged</span>" if j in flags else "")
+        try:
+            weak = not float(r["alignment"]) > 0
+        except (TypeError, ValueError):
+            weak = False
+        if weak:  # Eq. 2 score <= 0: the label fits no better than the empty prompt
+            badges = "<span class='badge weak' title='fits no better than the empty prompt (Eq. 2 score <= 0)'>" \
+                     "weak label</span>" + badges
         kind = kinds.get(str(r["label"]), "")
         if kind:  # which attribute the label names (vocabulary.csv): object, background, text, ...
             badges = f"<span class='kind'>{html.escape(kind)}</span>" + badges
         label_list = "".join(f"<li>{html.escape(lab)} <span class='s'>{s:.3f}</span></li>" for lab, s in labels)
-        search = html.escape(f"{j} {r['label']} {label_text} {kind}".lower(), quote=True)
+        search = html.escape(f"{j} {r['label']} {label_text}{' ' + kind if kind else ''}".lower(), quote=True)
         cards.append(
             f"<div class='card' data-search=\"{search}\" data-hidden='{int(hidden)}' data-flagged='{int(j in flags)}'>"
             f"<h3>latent {j}: {html.escape(str(r['label']))} {badges}</h3>"
@@ -251,6 +258,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 .card {{ border: 1px solid #ccc; border-radius: 6px; padding: 8px; width: 430px; }}
 .card h3 {{ margin: 0 0 6px; font-size: 1em; }}
 .imgs img {{ width: 48px; height: 48px; image-rendering: pixelated; margin: 1px; }}
+.weak {{ background: #eee; color: #777; }}
 .kind {{ background: #e8eef8; color: #234; border-radius: 3px; padding: 0 .4em; font-size: .75em;
          font-weight: normal; margin-left: .4em; }}
 .labels {{ margin: 4px 0; padding-left: 1.4em; font-size: .9em; }}

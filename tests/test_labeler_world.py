@@ -123,7 +123,7 @@ def test_labeler_captions_name_only_what_is_visible(independent):
     plain = [c for c, r in zip(caps, records)
              if re.fullmatch(rf"(a photo of |a picture of |an image of |a drawing of )?(an? )?({r['colour']} )?"
                              rf"{re.escape(r['object'])}", c)]
-    assert len(plain) > 0.2 * len(t)
+    assert len(plain) > 0.15 * len(t)
     # Varied phrasings: several forms for each attribute.
     for forms in (cap.BACKGROUND_SUFFIXES, cap.WORD_SUFFIXES, cap.TINT_SUFFIXES, cap.WATERMARK_SUFFIXES):
         used = {f for f in forms if any(f.split("{")[0].strip(", ") in c for c in caps)}
@@ -152,15 +152,63 @@ def test_misnamed_objects_finds_object_labels_the_top_images_contradict():
     attrs = pd.DataFrame({"object": objects, "sample_id": [f"s{i}" for i in range(len(objects))]})
     rows = torch.tensor([list(range(0, 20)), list(range(20, 40)), list(range(40, 60)), list(range(20, 40))])
     top = TopSamples(torch.ones(4, 20), rows, torch.full((4,), 20), torch.zeros(4, dtype=torch.float64), len(objects))
-    table = pd.DataFrame({"latent": [0, 1, 2, 3], "label": ["red ball", "red boat", "boat", "water"]})
+    table = pd.DataFrame({"latent": [0, 1, 2, 3], "label": ["red ball", "red boat", "boat", "water"],
+                          "alignment": [0.2, 0.1, 0.05, 0.3]})
     vocab = sandbox_vocabulary(colour_objects=True)
     out = misnamed_objects(table, top, attrs, vocab)
     assert out["latent"].tolist() == [1]
     row = out.iloc[0]
     assert (row["object"], row["object_share"], row["top_object"], row["top_object_share"]) == ("boat", 0.25, "tree", 0.75)
     assert misnamed_objects(table, top, attrs, vocab, min_share=0.7)["latent"].tolist() == [1, 2]
+    # A label that fits no better than the empty prompt (Eq. 2 score <= 0) does not count by default.
+    weak = table.assign(alignment=[0.2, -0.01, 0.05, 0.3])
+    assert misnamed_objects(weak, top, attrs, vocab).empty
+    assert misnamed_objects(weak, top, attrs, vocab, min_alignment=None)["latent"].tolist() == [1]
     # A sprite label names its class: "bat (club)" on bats holds.
-    bats = pd.DataFrame({"object": ["bat"] * 20, "sample_id": [f"b{i}" for i in range(20)]})
+    bats = pd.DataFrame({"object": ["bat"] * 20, "sample_id": [f"b{i}" for i in range(20)]})  # no alignment column
     top1 = TopSamples(torch.ones(1, 20), torch.arange(20).view(1, 20), torch.full((1,), 20),
                       torch.zeros(1, dtype=torch.float64), 20)
-    assert misnamed_objects(pd.DataFrame({"latent": [0], "label": ["bat (club)"]}), top1, bats, vocab).empty
+    one = pd.DataFrame({"latent": [0], "label": ["bat (club)"]})
+    assert misnamed_objects(one, top1, bats, vocab, min_alignment=None).empty
+    assert len(misnamed_objects(one.assign(label="bat (animal)", alignment=0.1), top1,
+                                bats.assign(object="cup"), vocab)) == 1
+
+
+CARD_FLOOR = {"object": 0.80, "colour": 0.80, "background": 0.80, "text": 0.70, "tint": 0.80}
+"""Floors for the shipped labeler's card on images it has not seen (seed 5; the record's card
+uses seed 0): a few points under what the record measured (see README "The labeler"), far
+above what a random-init labeler of the same architecture reaches (checked below)."""
+
+
+@pytest.mark.slow
+def test_shipped_labeler_names_every_kind_and_a_random_one_does_not():
+    import warnings
+
+    import torch
+
+    from clipattr_utils.models import RandomWeightsWarning, load_clip
+    from clipattr_utils.sandbox.labeler_card import labeler_card
+
+    if not (DATA / "sandbox-labeler.safetensors").is_file():
+        pytest.skip("the shipped labeler is missing")
+    card = labeler_card(load_clip("sandbox-labeler", role="labeler"), n=600, seed=5).set_index("kind")
+    low = {k: card.at[k, "score"] for k, floor in CARD_FLOOR.items() if card.at[k, "score"] < floor}
+    assert not low, f"labeler card under its floors {CARD_FLOOR}: {low}\n{card}"
+    for s in (0, 1):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            torch.manual_seed(s)
+            random = load_clip("sandbox-labeler", pretrained="random", role="labeler")
+        rc = labeler_card(random, n=600, seed=5).set_index("kind")
+        passed = [k for k, floor in CARD_FLOOR.items() if rc.at[k, "score"] >= floor]
+        assert passed == [], f"a random-init labeler (torch seed {s}) meets the floors of {passed}:\n{rc}"
+
+
+def test_sandbox_vocabulary_can_leave_out_the_watermark():
+    from clipattr_utils.labeling import sandbox_vocabulary
+
+    full, without = sandbox_vocabulary(colour_objects=True), sandbox_vocabulary(colour_objects=True, watermark=False)
+    assert set(full["attribute"]) - set(without["attribute"]) == {"watermark"}
+    assert len(full) == len(without) + 1
+    # every other rendered value keeps its label: backgrounds, words, tint
+    assert {"background", "text", "tint", "object", "colour"} <= set(without["attribute"])

@@ -54,7 +54,7 @@ def run_dir(tmp_path):
     _write(run / "01_sae_training" / "metrics.json", {"held-out": {
         "fvu": 0.0431, "cosine": 0.982, "l0": 32.0, "dead": 17, "dead_frac": 0.0111, "n": 2000}})
     _write(run / "02_labeling" / "latents.csv", pd.DataFrame({
-        "latent": [7, 9], "label": ["water", "red car"], "alignment": [0.21, 0.3], "clarity": [0.61, 0.4],
+        "latent": [7, 9], "label": ["water", "red car"], "alignment": [0.21, -0.02], "clarity": [0.61, 0.4],
         "polysemanticity": [0.1, 0.2], "firing_rate": [0.0123, 0.02], "mean_activation": [1.0, 2.0],
         "top5_mean": [3.0, 4.0], "hidden": [True, False], "top20_mean": [2.5, 3.5], "count": [55, 66]}))
     _write(run / "02_labeling" / "top_samples.csv", pd.DataFrame({
@@ -63,6 +63,9 @@ def run_dir(tmp_path):
     _write(run / "02_labeling" / "top_labels.csv", pd.DataFrame({
         "latent": [7, 7, 9], "rank": [0, 1, 0], "label": ["water", "blue boat", "red car"],
         "score": [0.21, 0.173, 0.3]}))
+    _write(run / "02_labeling" / "vocabulary.csv", pd.DataFrame({
+        "label": ["water", "red car", "blue boat"], "attribute": ["background", "colour+object", "colour+object"],
+        "value": ["water", "red+car", "blue+boat"]}))
     _write(run / "02_labeling" / "class_relevance.csv", "latent,rank,class,relevance\n7,0,boat,0.125\n9,0,car,0.25\n")
     _write(run / "02_labeling" / "pool.json", {"kind": "sandbox.make_dataset", "kwargs": POOL})
     _write(run / "02_labeling" / "ground_truth.json", {"purity": 0.9, "labels": [
@@ -122,7 +125,12 @@ def test_atlas_cards(run_dir):
     for fragment in ("blue boat", "0.173", "clarity", "0.610", "0.0123", "most relevant classes: boat (0.125)",
                      "class boat, mean z 6.2", "type  spurious"):
         assert fragment in text, fragment
-    assert 'data-search="7 water water blue boat"' in water
+    assert 'data-search="7 water water blue boat background"' in water
+    # Which attribute the label names (vocabulary.csv), and a label that fits no better than
+    # the empty prompt (Eq. 2 score <= 0) marked as weak.
+    assert "<span class='kind'>background</span>" in water and "weak label" not in water
+    car = next(c for c in cards if "latent 9:" in c)
+    assert "weak label" in car and "<span class='kind'>colour+object</span>" in car
     assert "filter by label" in page and "addEventListener" in page
 
 

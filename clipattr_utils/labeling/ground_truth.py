@@ -203,11 +203,16 @@ def score_labels(table: pd.DataFrame, top: TopSamples, image_set_attributes: pd.
 
 
 def misnamed_objects(table: pd.DataFrame, top: TopSamples, image_set_attributes: pd.DataFrame,
-                     vocabulary: Vocabulary | pd.DataFrame, n_used: int = 20, min_share: float = 0.5) -> pd.DataFrame:
+                     vocabulary: Vocabulary | pd.DataFrame, n_used: int = 20, min_share: float = 0.5,
+                     min_alignment: float | None = 0.0) -> pd.DataFrame:
     """Latents labelled with an object ("boat", "red boat", "bat (club)") whose top ``n_used``
     images mostly do not show that object (share < ``min_share``): the labels that tell a user
-    "boat" for a latent of trees and cars on water. Columns ``latent, label, object,
-    object_share, top_object, top_object_share``; empty when every object label holds."""
+    "boat" for a latent of trees and cars on water. Columns ``latent, label, alignment, object,
+    object_share, top_object, top_object_share``; empty when every object label holds.
+
+    ``min_alignment``: only labels whose Eq. 2 score (the table's ``alignment``) exceeds it
+    count (default 0: a label that fits no better than the empty prompt is the argmax over a
+    vocabulary with nothing to say, which the atlas marks as weak); None counts every label."""
     frame = vocabulary.frame if isinstance(vocabulary, Vocabulary) else vocabulary
     object_of = {}
     for lab, a, v in zip(frame["label"], frame["attribute"], frame["value"]):
@@ -216,8 +221,12 @@ def misnamed_objects(table: pd.DataFrame, top: TopSamples, image_set_attributes:
             object_of[str(lab)] = str(objs[0])
     objects = attribute_values(image_set_attributes, ("object",))["object"].to_numpy()
     rows = []
-    for j, label in zip(table["latent"].to_numpy(), table["label"]):
+    alignment = table["alignment"].to_numpy(dtype=float) if "alignment" in table.columns else \
+        np.full(len(table), np.nan)
+    for j, label, align in zip(table["latent"].to_numpy(), table["label"], alignment):
         if str(label) not in object_of:
+            continue
+        if min_alignment is not None and not align > min_alignment:
             continue
         r = top.rows[int(j), :n_used].numpy()
         r = r[r >= 0]
@@ -226,9 +235,11 @@ def misnamed_objects(table: pd.DataFrame, top: TopSamples, image_set_attributes:
         shown = pd.Series(objects[r]).value_counts()
         share = float((objects[r] == object_of[str(label)]).mean())
         if share < min_share:
-            rows.append({"latent": int(j), "label": str(label), "object": object_of[str(label)], "object_share": share,
+            rows.append({"latent": int(j), "label": str(label), "alignment": float(align),
+                         "object": object_of[str(label)], "object_share": share,
                          "top_object": str(shown.index[0]), "top_object_share": float(shown.iloc[0] / len(r))})
-    return pd.DataFrame(rows, columns=["latent", "label", "object", "object_share", "top_object", "top_object_share"])
+    return pd.DataFrame(rows, columns=["latent", "label", "alignment", "object", "object_share", "top_object",
+                                       "top_object_share"])
 
 
 def hidden_purity(hidden: pd.DataFrame, top: TopSamples, image_set_attributes: pd.DataFrame,
