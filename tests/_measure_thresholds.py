@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[5, 11, 23, 31, 47])
     ap.add_argument("--json", default=None, help="also write every measured value here")
+    ap.add_argument("--modes", nargs="+", default=None, help="measure only these modes (e.g. labeler)")
     args = ap.parse_args(argv)
     from clipattr_utils.models import load_clip
 
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
     randoms = {s: t._load_random("sandbox", s) for s in t.RANDOM_INIT_SEEDS}
     random_labelers = {s: t._load_random("sandbox-labeler", s) for s in t.RANDOM_INIT_SEEDS}
     modes = MODES + (("labeler",) if labeler is not None else ())
+    if args.modes:
+        modes = tuple(m for m in modes if m in args.modes)
     values: dict = {"shipped": {}, "random": {}}
     sems: dict[str, list[float]] = {}
     for mode in modes:

@@ -336,7 +336,8 @@ def test_labeler_is_another_model_that_names_hidden_concepts(clip):
     labeler = load_clip("sandbox-labeler")
     rec = json.loads((DATA / "sandbox-labeler.record.json").read_text())
     own = json.loads((DATA / "sandbox.record.json").read_text())
-    assert rec["train_config"]["captions"] == "full" and rec["seed"] != own["seed"]
+    assert rec["train_config"]["captions"] == "labeler" and rec["seed"] != own["seed"]
+    assert rec["train_config"]["world"] == "independent"  # no planted link: tests/test_labeler_world.py
     assert labeler.identity != clip.identity
     # It names backgrounds, which the explained model's captions never mention, and still
     # knows the objects; a random-init labeler does neither.

@@ -27,7 +27,7 @@ CARD_KINDS: tuple[str, ...] = ("object", "colour", "background", "text", "waterm
 """Attribute kinds of the card, in report order."""
 
 TARGET = 0.85
-"""Issue 28's target for every kind the renderer makes visible at 64 px."""
+"""The accuracy every kind the renderer makes visible at 64 px should reach."""
 
 
 def _balanced_accuracy(score: np.ndarray, present: np.ndarray) -> float:
