@@ -1,6 +1,7 @@
 """mining.ground_truth.label_names_planted: do a found pair's labels name its planted attribute?"""
 
 import pandas as pd
+import pytest
 
 from clipattr_utils.labeling import sandbox_vocabulary
 from clipattr_utils.mining import ground_truth as gt
@@ -28,3 +29,39 @@ def test_label_names_planted_per_mode():
     csv = sandbox_vocabulary(colour_objects=True)[["label", "attribute", "value"]].astype(str)
     assert gt.label_names_planted(truth, flagged, csv, sandbox_classes())["names_planted"].tolist() == \
         [True, False, False, True, False]
+
+
+def test_distractor_labels_name_each_pairs_distractor_set_with_eq2():
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from clipattr_utils.labeling import Vocabulary
+    from clipattr_utils.mining import distractor_labels
+
+    # Three labels on orthogonal axes, the empty prompt on a fourth; pool images near "water"
+    # (rows 0-9), near "the word 'car'" (rows 10-19), or on the empty prompt's axis (rows 20-29).
+    frame = pd.DataFrame({"label": ["water", "the word 'car'", "red ball"],
+                          "attribute": ["background", "text", "colour+object"], "value": ["water", "car", "red+ball"]})
+    eye = torch.eye(8)
+    vocab = Vocabulary(frame, eye[:3].clone(), eye[3].clone())
+    g = torch.Generator().manual_seed(0)
+    noise = 0.1 * torch.randn(30, 8, generator=g)
+    emb = F.normalize(torch.cat([eye[0].expand(10, 8), eye[1].expand(10, 8), eye[3].expand(10, 8)]) + noise, dim=1)
+    flagged = pd.DataFrame({"class": ["boat", "car", "star", "tree"], "latent": [1, 2, 3, 4]})
+    samples = pd.DataFrame({"class": ["boat"] * 10 + ["car"] * 10 + ["star"] * 10,
+                            "latent": [1] * 10 + [2] * 10 + [3] * 10, "row": list(range(30))})
+    out = distractor_labels(flagged, samples, emb, vocab)
+    assert out["distractor_label"].tolist()[:2] == ["water", "the word 'car'"]
+    # Eq. 2 by hand: cosine of the distractors' mean with the label minus with the empty prompt.
+    for k, (rows, lab) in enumerate([(range(0, 10), 0), (range(10, 20), 1), (range(20, 30), None)]):
+        mean = F.normalize(emb[list(rows)].mean(0), dim=0)
+        best = int((mean @ eye[:3].T).argmax())
+        if lab is not None:
+            assert best == lab
+        assert out["distractor_alignment"][k] == pytest.approx(float(mean @ eye[best] - mean @ eye[3]), abs=1e-5)
+    # Distractors like the empty prompt get a negative score; a pair without distractors gets none.
+    assert out["distractor_alignment"][2] < 0
+    assert out.loc[3, "distractor_label"] == "" and np.isnan(out.loc[3, "distractor_alignment"])
+    with pytest.raises(ValueError, match="labeler embeddings have 5 rows"):
+        distractor_labels(flagged, samples, emb[:5], vocab)

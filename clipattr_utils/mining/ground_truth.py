@@ -131,18 +131,21 @@ def score(truth: pd.DataFrame, classes: Sequence[MiningClass], top: int = 10) ->
 
 
 def label_names_planted(truth: pd.DataFrame, flagged: pd.DataFrame, vocabulary: pd.DataFrame,
-                        classes: Sequence[MiningClass]) -> pd.DataFrame:
+                        classes: Sequence[MiningClass], label_column: str = "label") -> pd.DataFrame:
     """Do the labels of the found pairs name the planted attribute they point at? One row per
     pair with a planted mode: its ``label`` (notebook 02's, carried in ``flagged``) and
     ``names_planted``: the label names the attribute of that mode -- the background ("water")
     for (a), the written word for (b), the other sprite or its class for (c), fire for (d).
-    ``vocabulary``: the label frame (``label, attribute, value``) the labels came from."""
+    ``vocabulary``: the label frame (``label, attribute, value``) the labels came from;
+    ``label_column``: which column of ``flagged`` holds the labels (``"label"``, the latent's
+    own from notebook 02, or ``"distractor_label"`` from `describe.distractor_labels`)."""
     from ..labeling.ground_truth import named_pairs
 
     pairs_of = {str(lab): named_pairs(a, v) for lab, a, v in
                 zip(vocabulary["label"], vocabulary["attribute"], vocabulary["value"])}
     label_of = {(str(c), int(j)): str(lab) for c, j, lab in zip(flagged["class"], flagged["latent"],
-                                                               flagged.get("label", pd.Series("", index=flagged.index)))}
+                                                               flagged.get(label_column,
+                                                                           pd.Series("", index=flagged.index)))}
     by_name = {c.name: c for c in classes}
     rows = []
     for r in truth.itertuples(index=False):
