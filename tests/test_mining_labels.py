@@ -65,3 +65,15 @@ def test_distractor_labels_name_each_pairs_distractor_set_with_eq2():
     assert out.loc[3, "distractor_label"] == "" and np.isnan(out.loc[3, "distractor_alignment"])
     with pytest.raises(ValueError, match="labeler embeddings have 5 rows"):
         distractor_labels(flagged, samples, emb[:5], vocab)
+
+
+def test_a_small_fire_names_the_compound_and_nothing_else():
+    # The companion label ("a small fire": the flame beside another object) names fire for the
+    # compound mode; for the spurious or typography modes it names nothing planted.
+    truth = pd.DataFrame({"class": ["fire truck", "boat", "car"], "latent": [1, 2, 3],
+                          "mode": ["d_compound", "a_spurious", "b_typography"]})
+    flagged = truth[["class", "latent"]].assign(label="a small fire")
+    vocab = sandbox_vocabulary(colour_objects=True, watermark=False)
+    assert vocab.set_index("label").loc["a small fire", "attribute"] == "companion"
+    out = gt.label_names_planted(truth, flagged, vocab, sandbox_classes())
+    assert out["names_planted"].tolist() == [True, False, False]

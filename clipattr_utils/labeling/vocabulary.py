@@ -41,6 +41,7 @@ COLUMNS = ("label", "attribute", "value")
 # (`sandbox.captions.full_object_caption`: "..., with a watermark", "..., with a red tint",
 # "... with the word 'X'"); tests check the captions still say them.
 WATERMARK_PHRASE = "a watermark"
+COMPANION_PHRASE = "a small fire"
 TINT_PHRASE = "a red tint"
 WORD_PHRASE = "the word '{}'"
 
@@ -97,6 +98,8 @@ def sandbox_vocabulary(colour_objects: bool = False, watermark: bool = True) -> 
                "a brick wall")
     text       "the word 'car'" for every written      the word
                word (typographic and neutral)
+    companion  "a small fire" (the flame beside        "fire"
+               another object)
     watermark  "a watermark"                           True
     tint       "a red tint"                            True
     ========== ======================================= =====================================
@@ -119,13 +122,16 @@ def sandbox_vocabulary(colour_objects: bool = False, watermark: bool = True) -> 
     """
     from ..sandbox import captions as cap
     from ..sandbox.render import BACKGROUNDS, CLASS_SPRITES, COLOURS
-    from ..sandbox.world import CLASS_COLOURS, CLASSNAMES, NEUTRAL_WORDS, TYPO_WORDS
+    from ..sandbox.world import CLASS_COLOURS, CLASSNAMES, COMPOUND_HEAD, NEUTRAL_WORDS, TYPO_WORDS
 
     rows: list[tuple[str, str, Any]] = [(c, "object", c) for c in CLASSNAMES]
     rows += [(sprite_label(s), "sprite", s) for c in CLASSNAMES if len(CLASS_SPRITES[c]) > 1 for s in CLASS_SPRITES[c]]
     rows += [(c, "colour", c) for c in COLOURS]
     rows += [(cap.BACKGROUND_PHRASES[b], "background", b) for b in BACKGROUNDS]
     rows += [(WORD_PHRASE.format(w), "text", w) for w in tuple(TYPO_WORDS) + tuple(NEUTRAL_WORDS)]
+    # The flame drawn beside another object (the compound's companion), as the labeler's captions
+    # say it ("... next to a small fire"): a fire that is not the image's object.
+    rows += [(COMPANION_PHRASE, "companion", COMPOUND_HEAD)]
     rows += [(WATERMARK_PHRASE, "watermark", True)] if watermark else []
     rows += [(TINT_PHRASE, "tint", True)]
     if colour_objects:

@@ -156,7 +156,8 @@ def label_names_planted(truth: pd.DataFrame, flagged: pd.DataFrame, vocabulary: 
         wanted = set()
         for m, col, val in planted_attributes(by_name[r[0]]):
             if m == r.mode:
-                wanted.add(("object", val) if col == "shows" else (col, val))
+                # "shows": the object itself, or drawn beside another one (the companion)
+                wanted |= {("object", val), ("companion", val)} if col == "shows" else {(col, val)}
         rows.append({"class": r[0], "latent": int(r.latent), "mode": r.mode, "label": label,
                      "names_planted": bool(named & wanted)})
     return pd.DataFrame(rows, columns=["class", "latent", "mode", "label", "names_planted"])
