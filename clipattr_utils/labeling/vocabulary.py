@@ -113,9 +113,9 @@ def sandbox_vocabulary(colour_objects: bool = False, watermark: bool = True) -> 
     (`sandbox.captions`) write it: objects with their article ("a ball", "an orange ball",
     `captions.article`), backgrounds as `captions.BACKGROUND_PHRASES`, the rest as the label.
 
-    ``watermark=False`` leaves the watermark label out: the sandbox labeler cannot see the
-    renderer's 8-pixel translucent stamp (its report card: AUROC 0.53, chance 0.5; the explained
-    model cannot either), so on the sandbox that label would only name noise. Notebook 02 drops it.
+    ``watermark=False`` leaves the watermark label out: the sandbox labeler never learned to
+    see the renderer's small translucent corner stamp (its report card: AUROC 0.50-0.53, chance
+    0.5; nor did the explained model), so on the sandbox that label would only name noise. Notebook 02 drops it.
 
     Names come from the sandbox modules (classes, sprites, colours, background phrases,
     words), never from a copy.
