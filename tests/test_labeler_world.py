@@ -164,6 +164,9 @@ def test_misnamed_objects_finds_object_labels_the_top_images_contradict():
     weak = table.assign(alignment=[0.2, -0.01, 0.05, 0.3])
     assert misnamed_objects(weak, top, attrs, vocab).empty
     assert misnamed_objects(weak, top, attrs, vocab, min_alignment=None)["latent"].tolist() == [1]
+    # "a small fire" says what burns beside the object, not what the object is: no object claim.
+    flame = table.assign(label=["a small fire"] * 4)
+    assert misnamed_objects(flame, top, attrs, vocab).empty
     # A sprite label names its class: "bat (club)" on bats holds.
     bats = pd.DataFrame({"object": ["bat"] * 20, "sample_id": [f"b{i}" for i in range(20)]})  # no alignment column
     top1 = TopSamples(torch.ones(1, 20), torch.arange(20).view(1, 20), torch.full((1,), 20),

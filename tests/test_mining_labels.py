@@ -77,3 +77,9 @@ def test_a_small_fire_names_the_compound_and_nothing_else():
     assert vocab.set_index("label").loc["a small fire", "attribute"] == "companion"
     out = gt.label_names_planted(truth, flagged, vocab, sandbox_classes())
     assert out["names_planted"].tolist() == [True, False, False]
+
+
+def test_a_small_fire_names_fire_but_is_no_object_claim():
+    from clipattr_utils.labeling.ground_truth import named_pairs
+
+    assert ("object", "fire") in named_pairs("companion", "fire")

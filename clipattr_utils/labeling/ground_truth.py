@@ -9,7 +9,8 @@ object and purity in it is object purity.
 
 A label *names* a value when its vocabulary (attribute, value) equals it. Compound vocabulary
 rows name several: attribute ``"colour+object"`` with value ``"red+ball"`` names both, and a
-sprite label ("bat (club)") also names its class ("bat").
+sprite label ("bat (club)") also names its class ("bat"), and the companion label ("a small fire")
+names fire.
 
 `score_labels` counts, per attribute, the latents pure in it and the share of those whose
 assigned label names the pure value; the overall row counts a latent once (pure in at least
@@ -142,6 +143,8 @@ def named_pairs(attribute: Any, value: Any) -> set[tuple[str, Any]]:
         pairs.add((a, v))
         if a == "sprite" and v in poly:
             pairs.add(("object", poly[v]))
+        if a == "companion":  # "a small fire" names fire, drawn beside an object or on its own
+            pairs.add(("object", v))
     return pairs
 
 
@@ -216,6 +219,8 @@ def misnamed_objects(table: pd.DataFrame, top: TopSamples, image_set_attributes:
     frame = vocabulary.frame if isinstance(vocabulary, Vocabulary) else vocabulary
     object_of = {}
     for lab, a, v in zip(frame["label"], frame["attribute"], frame["value"]):
+        if str(a) == "companion":  # says what is beside the object, not what the object is
+            continue
         objs = [pv for pa, pv in named_pairs(a, v) if pa == "object"]
         if objs:
             object_of[str(lab)] = str(objs[0])
