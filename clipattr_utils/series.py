@@ -138,7 +138,7 @@ def notebook_parameters(path: Path) -> dict[str, dict]:
                     break
                 comment.append(line.strip().lstrip("#").strip())
             for t in targets:
-                if isinstance(t, ast.Name):
+                if isinstance(t, ast.Name) and not t.id.startswith("_"):  # "_declared": bookkeeping, not a parameter
                     out[t.id] = {"default": ast.get_source_segment(source, node.value), "help": " ".join(comment)}
     return out
 
