@@ -194,28 +194,26 @@ def visible_attributes(rec: Mapping) -> list[str]:
     return out
 
 
+ATTRIBUTE_ONLY_FORMS: dict[str, tuple[str, ...]] = {
+    "background": SCENE_ONLY_TEMPLATES, "text": LABELER_WORD_ONLY_TEMPLATES, "watermark": WATERMARK_ONLY_TEMPLATES,
+    "tint": TINT_ONLY_TEMPLATES}
+SUFFIX_FORMS: dict[str, tuple[str, ...]] = {
+    "background": BACKGROUND_SUFFIXES, "text": WORD_SUFFIXES, "companion": COMPANION_SUFFIXES,
+    "watermark": WATERMARK_SUFFIXES, "tint": TINT_SUFFIXES}
+
+
+def _phrase(forms: tuple[str, ...], rec: Mapping, rng: np.random.Generator) -> str:
+    return _pick(forms, rng).format(scene=BACKGROUND_PHRASES[str(rec["background"])], word=rec.get("text") or "")
+
+
 def _attribute_only(kind: str, rec: Mapping, rng: np.random.Generator) -> str:
-    if kind == "background":
-        return _pick(SCENE_ONLY_TEMPLATES, rng).format(scene=BACKGROUND_PHRASES[str(rec["background"])])
-    if kind == "text":
-        return _pick(LABELER_WORD_ONLY_TEMPLATES, rng).format(word=rec["text"])
-    if kind == "watermark":
-        return _pick(WATERMARK_ONLY_TEMPLATES, rng)
-    if kind == "tint":
-        return _pick(TINT_ONLY_TEMPLATES, rng)
-    return "a small fire"  # companion
+    if kind == "companion":  # one phrasing, no draw
+        return "a small fire"
+    return _phrase(ATTRIBUTE_ONLY_FORMS[kind], rec, rng)
 
 
 def _suffix(kind: str, rec: Mapping, rng: np.random.Generator) -> str:
-    if kind == "background":
-        return _pick(BACKGROUND_SUFFIXES, rng).format(scene=BACKGROUND_PHRASES[str(rec["background"])])
-    if kind == "text":
-        return _pick(WORD_SUFFIXES, rng).format(word=rec["text"])
-    if kind == "companion":
-        return _pick(COMPANION_SUFFIXES, rng)
-    if kind == "watermark":
-        return _pick(WATERMARK_SUFFIXES, rng)
-    return _pick(TINT_SUFFIXES, rng)
+    return _phrase(SUFFIX_FORMS[kind], rec, rng)
 
 
 def labeler_object_caption(rec: Mapping, rng: np.random.Generator) -> str:
