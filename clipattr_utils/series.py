@@ -274,8 +274,8 @@ def run_series(preset: str | os.PathLike = "sandbox", out: Path | None = None, o
     out = Path(out) if out else REPO / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = resolve_cache_dir(cache_dir)
-    # Batch runs render the widgets as static tables and figures (clipattr_utils.widgets).
-    os.environ.setdefault("CLIPATTR_STATIC", "1")
+    # The widgets render as static tables and figures by themselves: the kernel sees that
+    # papermill's client has no frontend (clipattr_utils.widgets.batch_client).
     produced: dict[str, str] = {}
     runs: list[NotebookRun] = []
     not_ok: set[str] = set()

@@ -2,9 +2,10 @@
 
 Each view is a thin ipywidgets shell around plain functions that take the thresholds or the
 query and return tables and figures; those functions are what the tests call, no browser
-needed. Without a live kernel (papermill, CI, nbconvert) a view shows its static result for
-the default thresholds instead of controls: ``interactive=None`` decides by
-:func:`interactive_default`.
+needed. Without a live frontend (papermill by any route, nbconvert, CI) a view shows its static
+result for the default thresholds instead of controls: ``interactive=None`` decides by
+:func:`interactive_default`, which detects the batch run from inside the kernel, no environment
+variable needed.
 
     view = HiddenConceptsView(table, top, image_set, expected_labels=classnames)
     view.show()                                   # sliders for tau_act (or tau_rel) and tau_align
@@ -26,20 +27,53 @@ from .labeling.table import per_latent_values, hidden_concepts
 from .labeling.top import TopSamples
 
 STATIC_ENV = "CLIPATTR_STATIC"
-"""Set (to anything but "" or "0") to render every view statically, e.g. in batch runs."""
+"""Explicit override: "1" (or any value but "" and "0") renders every view statically, "0" shows
+live controls in any kernel. Unset, :func:`interactive_default` decides from the kernel."""
+
+def batch_client(shell: Any) -> str | None:
+    """Why the code now running in ``shell``'s kernel has no frontend to show live widgets to, or
+    None when it may have one.
+
+    The signal is the execute request itself: nbclient, which papermill (its CLI and Python API),
+    ``clipattr_utils.series``, ``jupyter nbconvert --execute`` and testbook all run notebooks
+    with, sends ``allow_stdin=False``, since nobody is there to type; JupyterLab, Notebook, VS
+    Code and consoles send ``True``. Voila also runs through nbclient but serves live widgets;
+    its kernels carry ``VOILA_*`` variables, so they stay live. Papermill's injected-parameters
+    cell is no signal: the executed notebook, reopened in JupyterLab, runs the same cell.
+    """
+    kernel = getattr(shell, "kernel", None)
+    if kernel is None:
+        return "no kernel"
+    allow_stdin = None
+    try:
+        allow_stdin = kernel.get_parent("shell").get("content", {}).get("allow_stdin")
+    except Exception:  # ipykernel < 6, or no request yet
+        pass
+    if allow_stdin is None:
+        allow_stdin = getattr(kernel, "_allow_stdin", None)
+    if allow_stdin is False and not any(k.startswith("VOILA_") for k in os.environ):
+        return "execute request without stdin (nbclient: papermill, nbconvert --execute)"
+    return None
 
 
 def interactive_default() -> bool:
-    """Whether views should show live controls: inside an IPython kernel, unless
-    ``$CLIPATTR_STATIC`` asks for static output (the series runner sets it for papermill)."""
-    if os.environ.get(STATIC_ENV, "") not in ("", "0"):
+    """Whether views should show live controls: inside an IPython kernel with a frontend. A run
+    by papermill (CLI, Python API, the series), nbconvert or any other nbclient-based executor
+    renders statically (:func:`batch_client`), so it never waits on a frontend that is not there.
+    ``$CLIPATTR_STATIC`` overrides: "1" static, "0" live."""
+    forced = os.environ.get(STATIC_ENV, "")
+    if forced not in ("", "0"):
         return False
     try:
         from IPython import get_ipython
     except ImportError:
         return False
     shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return False
+    if forced == "0":
+        return True
+    return batch_client(shell) is None
 
 
 def _display(*objects: Any) -> None:
@@ -352,4 +386,4 @@ def _html(text: str):
 
 
 __all__ = ["HiddenConceptsView", "ComponentBrowser", "ComponentCard", "find_components", "component_card",
-           "card_html", "interactive_default", "STATIC_ENV"]
+           "card_html", "interactive_default", "batch_client", "STATIC_ENV"]
