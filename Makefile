@@ -10,16 +10,22 @@ PRESET ?= sandbox
 
 install: $(STAMP)
 
+# Before anything is created: Python >= 3.10 and room on the disk for torch (clipattr_utils/precheck.py
+# parses on old Pythons and imports nothing of the package), each failure said in one message.
 $(STAMP): pyproject.toml
+	@PY=$$(test -x $(BIN)/python && echo $(BIN)/python || echo $(PYTHON)); \
+	command -v $$PY >/dev/null 2>&1 || { echo "error: no '$(PYTHON)' command: clipattr needs Python 3.10 or newer (make demo PYTHON=/path/to/python3.11)" >&2; exit 1; }; \
+	$$PY clipattr_utils/precheck.py --venv $(VENV)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
-# make demo [PRESET=sandbox-fast] [ONLY=02,04]: runs/<timestamp>-<preset>/index.html and the latent atlas.
+# make demo [PRESET=sandbox-fast] [ONLY=02,04] [CACHE_DIR=dir]: runs/<timestamp>-<preset>/index.html
+# and the latent atlas. A second demo while one runs on the same feature cache is refused (status 3).
 demo: $(STAMP)
-	$(BIN)/python -m clipattr_utils.series --preset $(PRESET) $(if $(ONLY),--only $(ONLY))
+	$(BIN)/python -m clipattr_utils.series --preset $(PRESET) $(if $(ONLY),--only $(ONLY)) $(if $(CACHE_DIR),--cache-dir $(CACHE_DIR))
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q

@@ -7,7 +7,9 @@ notebook's headline numbers and the latent atlas (:mod:`clipattr_utils.report`).
 
 Presets are checked against each notebook's ``parameters`` cell before anything runs. A failing
 notebook is reported with its cell and error; the notebooks that do not depend on it still run,
-and the command exits with status 1.
+and the command exits with status 1. A bad preset (an unknown name is answered with the list of
+presets) exits with status 2, and a second series started while one runs with the same feature
+cache is refused with status 3; both before anything runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
+import difflib
 import json
 import os
 import sys
@@ -78,8 +81,11 @@ def load_preset(preset: str | os.PathLike, params_dir: Path = PARAMS_DIR) -> Pre
     if path.suffix not in (".yaml", ".yml"):
         path = Path(params_dir) / f"{preset}.yaml"
         if not path.is_file():
-            raise PresetError(f"Unknown preset {str(preset)!r}; choose one of {', '.join(preset_names(params_dir))} "
-                              f"(files in {params_dir}) or pass a .yaml file")
+            names = preset_names(params_dir)
+            close = difflib.get_close_matches(str(preset), names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise PresetError(f"Unknown preset {str(preset)!r}; choose one of {', '.join(names)} "
+                              f"(files in {params_dir}) or pass a .yaml file.{hint}")
     elif not path.is_file():
         raise PresetError(f"Preset file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
@@ -263,17 +269,30 @@ def run_series(preset: str | os.PathLike = "sandbox", out: Path | None = None, o
                cache_dir: Path | None = None, notebooks_dir: Path = NOTEBOOKS, params_dir: Path = PARAMS_DIR,
                report: bool = True) -> Path:
     """Execute the preset's notebooks in order into ``out`` (default ``runs/<timestamp>-<preset>``);
-    returns the run folder. Its ``series.json`` says which notebooks failed (:func:`run_failed`)."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    returns the run folder. Its ``series.json`` says which notebooks failed (:func:`run_failed`).
 
+    Raises :class:`PresetError` for a bad preset and :class:`SeriesBusyError` while another series
+    runs with the same ``cache_dir``, both before anything runs or is written."""
     spec = load_preset(preset, params_dir)
     notebooks = select_notebooks(spec, notebooks_dir, only)
     # The whole preset is checked, also with --only, before the first cell: a bad preset runs nothing.
     planned = plan(spec, select_notebooks(spec, notebooks_dir, None))
     out = Path(out) if out else REPO / "runs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
-    out.mkdir(parents=True, exist_ok=True)
     cache_dir = resolve_cache_dir(cache_dir)
+    lock = acquire_series_lock(cache_dir, out, spec.name)  # a second run on the same cache stops here
+    try:
+        return _run_locked(spec, notebooks, planned, out, cache_dir, notebooks_dir, report)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _run_locked(spec: Preset, notebooks: list[Path], planned: dict, out: Path, cache_dir: Path,
+                notebooks_dir: Path, report: bool) -> Path:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out.mkdir(parents=True, exist_ok=True)
     # The widgets render as static tables and figures by themselves: the kernel sees that
     # papermill's client has no frontend (clipattr_utils.widgets.batch_client).
     produced: dict[str, str] = {}
@@ -339,6 +358,44 @@ def run_series(preset: str | os.PathLike = "sandbox", out: Path | None = None, o
     return out
 
 
+SERIES_LOCK = ".series.lock"
+"""In the feature-cache folder: the file a running series holds (``flock``), saying whose it is."""
+
+
+class SeriesBusyError(RuntimeError):
+    """Another series is running with the same feature cache."""
+
+
+def acquire_series_lock(cache_dir: Path, out: Path, preset_name: str) -> int | None:
+    """A descriptor holding ``cache_dir/.series.lock``; raises :class:`SeriesBusyError` naming the
+    holder when another series holds it. The kernel's lock (``flock``): a killed run releases it.
+
+    The caches themselves would be shared safely (``features.extract`` waits for a cache another
+    process is writing), but a second `make demo` started by mistake would halve the speed of
+    both on a small machine and mix their progress lines, so it is refused with what to do.
+    Without ``fcntl`` (Windows) there is no lock and None is returned."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache_dir / SERIES_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 1000, 0).decode(errors="replace").strip() or "it has not said who it is yet"
+        os.close(fd)
+        raise SeriesBusyError(
+            f"another series is already running with the feature cache {cache_dir} ({holder}).\n"
+            f"Wait for it to finish (its progress is in the terminal that started it), or give this run a "
+            f"cache of its own: make demo CACHE_DIR=/path/to/other-cache (--cache-dir DIR; it starts cold). "
+            f"Nothing was run.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (f"pid {os.getpid()} on {os.uname().nodename}, preset {preset_name}, started "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')}, run folder {out}").encode(), 0)
+    return fd
+
+
 def _log(message: str) -> None:
     print(f"[series] {message}", file=sys.stderr, flush=True)
 
@@ -394,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     except PresetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SeriesBusyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     bad = run_failed(out)
     minutes = (time.time() - t0) / 60
     if bad:
