@@ -23,7 +23,7 @@ exactly the rows an uninterrupted run would: batch boundaries are fixed by the s
 While it writes, a single-process extraction holds ``<name>.partial/.lock`` (``flock``): a second
 process extracting the same cache waits for it, then returns the finished cache.
 
-Sharded (``torchrun``; see README "Scaling out"): when ``torch.distributed`` is initialised, or
+Sharded (``torchrun``; see docs/scaling.md): when ``torch.distributed`` is initialised, or
 ``rank``/``world_size`` are given, the batches are split into ``world_size`` contiguous ranges.
 Rank r writes ``<name>.partial/shards/rank-<r>-of-<W>/`` (its rows + its own ``progress.json``,
 committed per batch as above; ``shards/layout.json`` fixes the ranges). Once every shard is

@@ -212,7 +212,7 @@ def _shard_table(dense, n, start=0):
 def test_merge_breaks_ties_by_row_for_every_split_and_order():
     """Activations in {0, 1, 2, 3}: most of each latent's top n are ties. The lower row must
     win every tie whichever shard holds it and whichever table comes first in `merge`, so
-    every split merges to exactly the single pass (README: "exactly as one pass")."""
+    every split merges to exactly the single pass (docs/scaling.md: "exactly as one pass")."""
     rng = np.random.default_rng(0)
     N, d_sae, n = 24, 5, 6
     dense = rng.integers(0, 4, (N, d_sae)).astype(np.float32)

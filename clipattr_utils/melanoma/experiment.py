@@ -263,7 +263,7 @@ def find_red_latent(table: pd.DataFrame, code: EncoderOutput, image_set: Any, n_
     ``image_set``) are reddest (:func:`redness`, relative to ``n_reference`` random images of
     the set) -- a pixel statistic that also rewards latents of naturally red lesions: on the
     sandbox it often chose a latent of red-looking but untinted images while a tint latent
-    was among the candidates (README, melanoma section).
+    was among the candidates (docs/melanoma.md).
 
     If no candidate rises under more red (all responses <= 0: the top latents are the
     lesions' untinted colours, which adding red switches off) and ``max_candidates`` is

@@ -34,7 +34,7 @@ def sandbox_recipes(n_pool: int = 3000, n_sae_train: int = 4000, seed: int = 0, 
     ISIC 2019 (with 2020 and 2024) and its probe read ISIC 2019. With the lesion world's own
     rates instead (the hue on half the nevi), the SAE spent latents on the *untinted* colours
     that adding red switches off; those, not a red latent, then led the benign relevance
-    ranking in about half of the SAEs (README, melanoma section)."""
+    ranking in about half of the SAEs (docs/melanoma.md)."""
     if n_pool < 20:
         raise ValueError(f"n_pool must be >= 20 lesion images, got {n_pool}")
     rate = dict(POOL_TINT_RATE if tint_rate is None else tint_rate)

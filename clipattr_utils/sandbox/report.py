@@ -1,6 +1,6 @@
-"""Markdown summary of the shipped sandbox models' training records (for README / RESULTS).
+"""Markdown summary of the shipped sandbox models' training records (for docs/sandbox.md / RESULTS).
 
-    python -m clipattr_utils.sandbox.report (paste into README / benchmarks/RESULTS.md)
+    python -m clipattr_utils.sandbox.report (paste into docs/sandbox.md / benchmarks/RESULTS.md)
 """
 
 from __future__ import annotations
