@@ -152,7 +152,8 @@ def test_only_runs_a_subset_with_the_whole_preset_checked(tmp_path):
     _notebook(nbs / "01_b.ipynb", "out_dir = None\nepochs = 99", SEEN)
     # 'epochs' is shared but only 01 declares it; 01's section stays valid while --only 00 runs.
     preset = _preset(tmp_path / "p.yaml", "epochs: 2\n'00': {n_per_class: 3}\n'01': {epochs: 4}\n")
-    out = series.run_series(preset, out=tmp_path / "run", only=["00"], notebooks_dir=nbs, report=False)
+    out = series.run_series(preset, out=tmp_path / "run", only=["00"], notebooks_dir=nbs, report=False,
+                            cache_dir=tmp_path / "cache")  # not the shared .cache/: a make demo may hold it
     assert json.loads((out / "00_a" / "seen.json").read_text())["n_per_class"] == 3
     assert not (out / "01_b.ipynb").exists()
     bad = _preset(tmp_path / "bad.yaml", "'01': {epoks: 4}\n")
