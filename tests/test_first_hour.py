@@ -58,10 +58,10 @@ def test_precheck_parses_on_old_pythons():
 
 
 def test_disk_check_says_how_much_is_needed(tmp_path, monkeypatch):
-    message = precheck.disk_problem(2.4 * GB, 6.0, "/home/me")
-    assert "2.4 GB free at /home/me, 6.0 GB needed" in message and "CLIPATTR_INSTALL_GB" in message
-    assert precheck.disk_problem(6.0 * GB, 6.0, "/home/me") is None
-    assert precheck.disk_problem(0, 0, "/home/me") is None  # 0 skips the check
+    message = precheck.disk_problem(2.4 * GB, 6.0, "/data/me")
+    assert "2.4 GB free at /data/me, 6.0 GB needed" in message and "CLIPATTR_INSTALL_GB" in message
+    assert precheck.disk_problem(6.0 * GB, 6.0, "/data/me") is None
+    assert precheck.disk_problem(0, 0, "/data/me") is None  # 0 skips the check
     monkeypatch.delenv(precheck.NEED_ENV, raising=False)
     monkeypatch.delenv("_CLIPATTR_PRECHECK_VERSION", raising=False)
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
