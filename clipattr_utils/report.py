@@ -26,6 +26,7 @@ TITLES = {
     "03": "Faithfulness (deletion / insertion)",
     "04": "Failure mining",
     "05": "The melanoma case",
+    "06": "Find the shortcut (hidden-shortcut challenge)",
 }
 
 
@@ -138,8 +139,25 @@ def _nb05(d: Path) -> str:
     return "".join(parts)
 
 
+def _nb06(d: Path) -> str:
+    ch = _json(d / "challenge.json") or {}
+    v = _json(d / "verdict.json")
+    parts = [f"<p>Challenge seed {_e(ch.get('seed', '?'))}: classifier test accuracy "
+             f"{_num(ch.get('test_accuracy'), 3)}.</p>"]
+    if v:
+        parts.append(f"<p>Detective: {_e(v['verdict'])} ({'right' if v['correct'] else 'wrong'}); "
+                     f"answer: {_e(v['answer'])}.</p>")
+    suspects = d / "suspects.csv"
+    if suspects.is_file():
+        rows = pd.read_csv(suspects, keep_default_na=False).head(5).to_dict("records")
+        if rows:
+            parts.append("<p>Top suspects:</p>" + _table([{k: (_num(x, 3) if k == "score" else x) for k, x in r.items()}
+                                                           for r in rows]))
+    return "".join(parts)
+
+
 READERS: dict[str, Callable[[Path], str]] = {"00": _nb00, "01": _nb01, "02": _nb02, "03": _nb03, "04": _nb04,
-                                             "05": _nb05}
+                                             "05": _nb05, "06": _nb06}
 
 
 def _status(run_dir: Path) -> dict[str, dict]:

@@ -121,6 +121,7 @@ NOTEBOOK_PARAMETERS = {
     "03_faithfulness": ['model_name = "sandbox"', "sae_dir = None"],
     "04_failure_mining": ['model_name = "sandbox"', "sae_dir = None"],
     "05_melanoma_case": ['model_name = "sandbox-derm"', "isic_csv = None", "alpha = 0.5"],
+    "06_find_the_shortcut": ["challenge_seed = 0", 'labeler_name = "sandbox-labeler"', "detective_sae_dir = None"],
 }
 
 

@@ -13,7 +13,8 @@ from .baselines import act_logit_lens, energy, logit_lens, random_scores
 from .core import Readout, prepare
 from .exact import act_grad, act_grad_paper
 from .integrated import integrated_gradients, quadrature
-from .readout import make_readout, readout_act_grad, readout_attribution, readout_from_sklearn
+from .readout import (make_readout, n_outputs, output_row, readout_act_grad, readout_attribution, readout_from_sklearn,
+                      target_outputs)
 from .result import Attribution, MeanRelevance, TopAttribution, mean_relevance, to_frame, top_n
 
 METHODS = {
@@ -31,5 +32,6 @@ __all__ = [
     "Attribution", "TopAttribution", "MeanRelevance", "Readout", "METHODS",
     "act_grad", "act_grad_paper", "integrated_gradients", "logit_lens", "act_logit_lens", "energy",
     "random_scores", "make_readout", "readout_act_grad", "readout_attribution", "readout_from_sklearn",
+    "n_outputs", "output_row", "target_outputs",
     "mean_relevance", "top_n", "to_frame", "prepare", "quadrature",
 ]

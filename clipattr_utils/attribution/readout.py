@@ -52,3 +52,35 @@ def readout_attribution(method: Callable[..., Attribution], x: Any, sae: TopKSAE
                         bias: Any = 0.0, normalize: bool = False, **opts: Any) -> Attribution:
     """Any attribution method (e.g. ``integrated_gradients``, ``logit_lens``) on a readout."""
     return method(x, sae, head, make_readout(weight, bias, normalize), **opts)
+
+
+def output_row(text: Any, t: int) -> Any:
+    """Output ``t`` alone, as the same kind of target: ``text[t:t+1]`` for text embeddings, the
+    readout's row t (weight and intercept) for a :class:`Readout`. Lets per-class loops (the
+    expected relevance and failure mining of Sec. 4.2b) run on prompts and classifiers alike."""
+    if isinstance(text, Readout):
+        w = torch.as_tensor(text.weight)
+        w = w[None] if w.ndim == 1 else w
+        if not 0 <= t < w.shape[0]:
+            raise IndexError(f"output_row: readout has {w.shape[0]} outputs, asked for {t}")
+        b = text.bias
+        if b is not None and torch.as_tensor(b).numel() > 1:
+            b = torch.as_tensor(b).reshape(-1)[t:t + 1]
+        return Readout(w[t:t + 1], b, text.normalize)
+    return text[t:t + 1]
+
+
+def target_outputs(x: torch.Tensor, head: Head, text: Any) -> torch.Tensor:
+    """(N, T) outputs y_t(x) the attribution explains: cosines with text embeddings, or a
+    :class:`Readout`'s values (e.g. a probe's logits), computed without gradients."""
+    from .core import as_target
+
+    with torch.no_grad():
+        z = head(x)
+        return as_target(text, z.shape[-1], z.dtype, z.device).output(z)
+
+
+def n_outputs(text: Any) -> int:
+    """How many outputs T a target has: rows of text embeddings, or of a readout's weight."""
+    w = torch.as_tensor(text.weight) if isinstance(text, Readout) else torch.as_tensor(text)
+    return 1 if w.ndim == 1 else int(w.shape[0])

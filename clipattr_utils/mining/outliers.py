@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..attribution import act_grad
+from ..attribution import act_grad, n_outputs, output_row
 from .relevance import ExpectedRelevance
 
 
@@ -170,18 +170,26 @@ def mine(x: torch.Tensor, labels: np.ndarray, sample_ids: Sequence[str], sae: An
     ``scores``: (N, C) outputs the outsider rule compares with ``expected.output_mean/std``
     (default: the cosine with ``text``; `confidence_scores` gives the zero-shot
     log-probability, and `with_output_stats` the matching class statistics). Relevance is
-    always that of the cosine with ``text[c]``."""
+    always that of the cosine with ``text[c]``.
+
+    ``text`` may be a :class:`~clipattr_utils.attribution.Readout` instead (a classifier's
+    logits, output c for class c): relevance then explains logit c, and ``scores`` must be
+    given (e.g. the classifier's log-probabilities), with ``expected`` computed for the same readout."""
     cfg = config or MiningConfig()
     labels = np.asarray(labels)
     ids = np.asarray(list(sample_ids))
+    C = n_outputs(text)
     if scores is None:
+        if not isinstance(text, torch.Tensor):
+            raise ValueError("mine: with a Readout in place of prompts, pass scores (N, C): the outputs that "
+                             "decide which samples count as confidently predicted")
         y = class_outputs(x, head, text, "cosine", chunk_rows=cfg.chunk_n * 64)
     else:
         y = np.asarray(scores, dtype=np.float64)
-        if y.shape != (x.shape[0], text.shape[0]):
-            raise ValueError(f"scores must be (N={x.shape[0]}, C={text.shape[0]}), got {y.shape}")
+        if y.shape != (x.shape[0], C):
+            raise ValueError(f"scores must be (N={x.shape[0]}, C={C}), got {y.shape}")
     flag_rows, sample_rows, outs = [], [], {}
-    for c in tqdm(range(text.shape[0]), desc="outsiders", disable=not progress):
+    for c in tqdm(range(C), desc="outsiders", disable=not progress):
         if expected.count[c] < 2:
             continue
         rows = outsiders(y[:, c], labels, c, expected.output_mean[c], expected.output_std[c], cfg.out_k)
@@ -198,7 +206,7 @@ def mine(x: torch.Tensor, labels: np.ndarray, sample_ids: Sequence[str], sae: An
             nz = block.values[:, 0, :].detach().cpu().numpy() != 0
             parts.append((r[nz], idx.numpy()[nz], z[nz]))
 
-        act_grad(x[torch.as_tensor(rows)], sae, head, text[c:c + 1], on_chunk=take, chunk_n=cfg.chunk_n)
+        act_grad(x[torch.as_tensor(rows)], sae, head, output_row(text, c), on_chunk=take, chunk_n=cfg.chunk_n)
         zr, zi, zv = (np.concatenate(p) for p in zip(*parts))
         hit, cnt, mz, dis = flag_class(zr, zi, zv, sae.d_sae, cfg.z_thr, cfg.min_count)
         for j, n_act, m in zip(hit, cnt, mz):

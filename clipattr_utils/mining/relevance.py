@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..attribution import act_grad
+from ..attribution import act_grad, n_outputs, output_row, target_outputs
 
 
 class RunningMoments:
@@ -100,9 +100,11 @@ def class_relevance_moments(x: torch.Tensor, sae: Any, head: Any, text_c: torch.
 def expected_relevance(x: torch.Tensor, labels: np.ndarray, sae: Any, head: Any, text: torch.Tensor, *,
                        chunk_n: int = 256, progress: bool = True) -> ExpectedRelevance:
     """Expected relevance of every latent for each class prompt ``text[c]`` on class c's
-    reference samples (``labels == c``). Classes without samples get NaN output stats."""
+    reference samples (``labels == c``). Classes without samples get NaN output stats.
+    ``text`` may be a :class:`~clipattr_utils.attribution.Readout` (a classifier's logits,
+    one output per class) instead of prompts: the same statistics of its output c."""
     labels = np.asarray(labels)
-    C = text.shape[0]
+    C = n_outputs(text)
     means, stds, acts = [], [], []
     count = np.zeros(C, dtype=np.int64)
     out_mean = np.full(C, np.nan)
@@ -116,12 +118,11 @@ def expected_relevance(x: torch.Tensor, labels: np.ndarray, sae: Any, head: Any,
             acts.append(torch.zeros(sae.d_sae, dtype=torch.long))
             continue
         xc = x[torch.as_tensor(rows)]
-        mom, active = class_relevance_moments(xc, sae, head, text[c:c + 1], chunk_n=chunk_n)
+        mom, active = class_relevance_moments(xc, sae, head, output_row(text, c), chunk_n=chunk_n)
         means.append(mom.mean)
         stds.append(mom.std())
         acts.append(active)
-        with torch.no_grad():
-            y = head.cosine(xc, text[c:c + 1])[:, 0].double().cpu().numpy()
+        y = target_outputs(xc, head, output_row(text, c))[:, 0].double().cpu().numpy()
         out_mean[c] = y.mean()
         out_std[c] = y.std(ddof=1) if len(y) > 1 else 0.0
     return ExpectedRelevance(torch.stack(means), torch.stack(stds), count, out_mean, out_std, torch.stack(acts))

@@ -465,6 +465,46 @@ class SandboxImageSet(ImageSet):
         return SandboxImageSet(self.world, table, {**self.recipe, "edits": edits}, self.size)
 
 
+    def with_word(self, word: str) -> "SandboxImageSet":
+        """A copy in which every object image carries the sign ``word``, placed as the world
+        places words (a label in a band at the top or bottom; an existing sign keeps its band,
+        otherwise the band away from the sprite), the sprite moved out of the band where it
+        overlaps. Everything else about each image stays (a paired control)."""
+        if self.world != "objects":
+            raise ValueError("with_word: only object-world image sets carry words")
+        if not isinstance(word, str) or not word:
+            raise ValueError(f"with_word: word must be a non-empty string, got {word!r}")
+        table = self._table.copy()
+        w, h = word_size(word, 256)
+        pad = 0.02
+        w_frac, h_frac = w / 256 * TEXT_PX, h / 256 * TEXT_PX
+        for i, r in enumerate(self._records):
+            scale, cy = float(r["scale"]), float(r["cy"])
+            top = float(r["text_y"]) < 0.5 if r["text"] else cy >= 0.5
+            lo, hi = (0.5, 1 - 0.85 * scale) if top else (0.85 * scale, 0.5)
+            table.loc[i, ["text", "text_x", "text_y", "text_px", "text_dark", "cy"]] = \
+                [word, max(pad, 0.5 - w_frac / 2), pad if top else 1 - pad - h_frac, TEXT_PX, True,
+                 float(np.clip(cy, min(lo, hi), max(lo, hi)))]
+        edits = list(self.recipe.get("edits", [])) + [{"word": word}]
+        return SandboxImageSet(self.world, table, {**self.recipe, "edits": edits}, self.size)
+
+    @classmethod
+    def concat(cls, parts: Sequence["SandboxImageSet"], note: str = "") -> "SandboxImageSet":
+        """The rows of ``parts`` one after another (same world and size; sample ids must stay
+        unique). The recipe records every part's fingerprint, so the result keys its own cache."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("concat: no image sets given")
+        worlds, sizes = {p.world for p in parts}, {p.size for p in parts}
+        if len(worlds) != 1 or len(sizes) != 1:
+            raise ValueError(f"concat: parts differ in world {sorted(worlds)} or size {sorted(sizes)}")
+        table = pd.concat([p._table for p in parts], ignore_index=True)
+        dup = table["sample_id"][table["sample_id"].duplicated()]
+        if len(dup):
+            raise ValueError(f"concat: {len(dup)} duplicate sample ids, e.g. {dup.iloc[0]!r}; draw parts with different seeds")
+        recipe = {"concat": [p.fingerprint() for p in parts], "note": note}
+        return cls(parts[0].world, table, recipe, parts[0].size)
+
     def with_companion(self) -> "SandboxImageSet":
         """A copy in which every object image has the compound's flame beside its object,
         placed as the world places it (object shrunk, flame at its upper right); rows that

@@ -1,0 +1,353 @@
+"""The automated detective: finds a challenge's shortcut with the package's own tools only.
+
+It sees what an attendee sees (`game.Challenge`: the classifier, the images with their class
+labels, the accuracies) and never the sealed answer or an attribute table (`PublicImages`
+refuses to show one). Four steps, each a tool of the method:
+
+1. **Failure mining on the classifier** (Sec. 4.2b, Eq. 8, App. D.1): the classifier's logits
+   are a `Readout`, so the exact Act x Grad relevance of every SAE latent for logit c, its
+   expected value over class c's own test images, and the z-scores on c's high-confidence
+   outsiders (test images of other classes with a high log P(c)) come from `mining` as for
+   text prompts. Flagged (class, latent) pairs are the suspects.
+2. **Labels** (Sec. 3.2, Eq. 2): the labeler names each flagged latent from its top test
+   images, and its distractor set (`mining.distractor_labels`).
+3. **Counterfactual check**: where a label names something the sandbox can add to an image
+   (a background, a colour, a word, a tint, a flame), the detective adds it to test images of
+   other classes and measures how many more the classifier then calls c. A suspect whose
+   edit moves at least `DetectiveConfig.min_effect` of them is confirmed.
+4. **Verdict**: the best confirmed suspect, or "no shortcut found" when none is confirmed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..mining.outliers import MiningConfig
+from ..attribution import target_outputs
+from .game import Challenge, fit_classifier
+from .spec import SHORTCUT_KINDS
+
+NO_SHORTCUT_FOUND = "no shortcut found"
+
+SUSPECT_COLUMNS = ["rank", "class", "latent", "label", "score", "mean_z", "n_distractors", "edit", "effect",
+                   "confirmed", "label_source"]
+EVIDENCE_COLUMNS = ["raw_effect", "reference_effect", "activation_gain", "dlogp", "t"]
+
+
+@dataclass
+class DetectiveConfig:
+    """Settings of `investigate`. Chosen on development challenge seeds 0-39 (see
+    benchmarks/RESULTS.md); held-out seeds 1000-1039 were run once with them."""
+
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    """Eq. 8 thresholds: the paper's App. D.1 values (outsiders above mean - 1.5 std, mean z > 3,
+    active on >= 10 outsiders)."""
+    n_top: int = 50
+    """Top test images kept per latent for its label (Eq. 2 uses the top 20)."""
+    n_edit: int = 240
+    """Test images of other classes each counterfactual edits."""
+    min_effect: float = 0.05
+    """Confirm a suspect when its edit makes the classifier call c on this many more of the
+    edited images (share, 0-1) than before the edit."""
+    top_m: int = 3
+    """Labels per flagged latent (its own best ``top_m``, and its distractors' best ``top_m``)
+    whose edits are tried."""
+    max_checks: int = 40
+    """Counterfactual edits tried at most (the most suspicious distinct edits first)."""
+    labeler: str = "sandbox-labeler"
+
+
+class Investigation(NamedTuple):
+    """What `investigate` returns."""
+
+    suspects: pd.DataFrame
+    """Ranked suspects: ``rank, class, latent, label, score`` (the counterfactual effect for
+    confirmed ones, else 0), ``mean_z, n_distractors`` (Eq. 8 evidence), ``edit`` (kind=value
+    tried), ``effect`` (share of edited images newly called ``class``), ``confirmed``,
+    ``label_source`` (the latent's label or its distractors')."""
+    verdict: str
+    """"no shortcut found", or "<class> relies on <kind>=<value>"."""
+    found: dict | None
+    """The top confirmed suspect as ``{"class", "latent", "kind", "value", "effect"}``, or None."""
+    flagged: pd.DataFrame
+    """Every flagged (class, latent) pair of the mining step, with its label."""
+    seconds: float
+    """Wall time of the investigation."""
+
+
+def detective_sae(clip: Any = None, cache_dir: str | os.PathLike | None = None, n_train: int = 8000, seed: int = 0,
+                  epochs: int = 30, progress: bool = False) -> Any:
+    """The detective's SAE: `TrainConfig.sandbox()` on the CLIP's class tokens of ``n_train``
+    images of the independent world (every attribute common, none tied to a class), trained
+    once and kept in the cache (keyed by the feature cache, the config and the seed)."""
+    from ..features import extract
+    from ..models import load_clip
+    from ..sae.model import TopKSAE
+    from ..sae.train import TrainConfig, train
+    from ..sandbox.world import ObjectRecipe, make_dataset
+    from ..storage import resolve_cache_dir
+
+    clip = clip if clip is not None else load_clip("sandbox")
+    images = make_dataset(int(n_train), "train", 50_000 + int(seed), recipe=ObjectRecipe.independent())
+    feats = extract(clip, images, cache_dir, progress=progress)
+    cfg = TrainConfig.sandbox(seed=int(seed), epochs=int(epochs), device="cpu")
+    key = hashlib.sha256(json.dumps({"features": feats.key, "cfg": repr(cfg)}, sort_keys=True).encode()).hexdigest()[:16]
+    folder = resolve_cache_dir(cache_dir) / f"challenge-sae-{key}"
+    if (folder / "cfg.json").is_file():
+        return TopKSAE.load(folder, d_in=clip.head.d_pre).eval()
+    sae = train(feats, cfg, progress=progress).sae.eval()
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    sae.save(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:   # another process finished first: keep its SAE
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return TopKSAE.load(folder, d_in=clip.head.d_pre).eval()
+
+
+def edit_of(attribute: str, value: str) -> tuple[str, str] | None:
+    """The counterfactual edit a vocabulary entry names (``attribute``, ``value`` of
+    `labeling.sandbox_vocabulary`), or None for what cannot be added to an image (objects)."""
+    attribute, value = str(attribute), str(value)
+    if attribute == "colour+object":
+        attribute, value = "colour", value.split("+")[0]
+    kind = {"background": "background", "colour": "colour", "text": "word", "tint": "tint",
+            "companion": "companion", "watermark": "watermark"}.get(attribute)
+    if kind is None:
+        return None
+    if kind in ("tint", "watermark"):
+        value = "present"
+    return (kind, value) if value in SHORTCUT_KINDS[kind] else None
+
+
+def _split_reference(labels: np.ndarray, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Test rows for the reference probe (up to ``n_per_class`` of each class, as many as the
+    challenge's classifier learned from, so both probes have the same scale) and the rest."""
+    rng = np.random.default_rng([int(seed), 0xCF])
+    ref, rest = [], []
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        k = min(int(n_per_class), len(rows) // 2)
+        ref.append(rows[:k])
+        rest.append(rows[k:])
+    return np.sort(np.concatenate(ref)), np.sort(np.concatenate(rest))
+
+
+@torch.no_grad()
+def _dense(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """(N, d_sae) activations."""
+    enc = sae.encode(x)
+    return torch.zeros(x.shape[0], sae.d_sae, dtype=enc.values.dtype).scatter_add_(1, enc.indices, enc.values)
+
+
+def _carrier(gain: torch.Tensor, acts: torch.Tensor, labels: np.ndarray, named: list[int] | None = None,
+             n_top: int = 20) -> int:
+    """The latent that carries an edited attribute. First choice: of the latents whose label
+    names that attribute (``named``), the one the edit switches on most (``gain``: mean
+    activation change). Else, among the latents the edit switches on at least half as much as
+    the most, the one whose top test images spread most evenly over the classes: the test set
+    is unconfounded, so the attribute's own latent fires on every class alike, while a latent
+    of one class's object that the edit also raises (a fire latent for an added flame) does not."""
+    if named:
+        j = max(named, key=lambda k: float(gain[k]))
+        if float(gain[j]) > 0:
+            return int(j)
+    cand = torch.nonzero(gain >= 0.5 * gain.max()).flatten().tolist() if float(gain.max()) > 0 else [int(gain.argmax())]
+    best, best_key = cand[0], None
+    for j in cand:
+        col = acts[:, j]
+        top = torch.argsort(col, descending=True)[:n_top].numpy()
+        top = top[col[top].numpy() > 0]
+        share = np.bincount(labels[top]).max() / len(top) if len(top) else 1.0
+        key = (share, -float(gain[j]))
+        if best_key is None or key < best_key:
+            best, best_key = j, key
+    return int(best)
+
+
+def _pick_rows(labels: np.ndarray, c: int, n: int, seed: int) -> np.ndarray:
+    rows = np.flatnonzero(labels != c)
+    if len(rows) > n:
+        rows = np.sort(np.random.default_rng([seed, c]).choice(rows, n, replace=False))
+    return rows
+
+
+LABEL_TEMPLATES = ("a photo of {}",)
+"""Prompt templates of the detective's vocabulary (notebook 04's)."""
+
+
+def mine_classifier(challenge: Challenge, sae: Any, clip: Any, cache_dir: str | os.PathLike | None = None,
+                    config: MiningConfig | None = None, progress: bool = False) -> Any:
+    """Failure mining (Eq. 8, App. D.1) with the challenge's classifier in place of prompts:
+    relevance explains logit c; class c's own test images are its references; outsiders are
+    other classes' test images with a high log P(c) (the classifier's softmax)."""
+    from ..features import extract
+    from ..mining.outliers import mine, with_output_stats
+    from ..mining.relevance import expected_relevance
+
+    feats = extract(clip, challenge.test, cache_dir, progress=progress)
+    x = feats.read()
+    labels = np.asarray(challenge.test.labels())
+    log_p = torch.log_softmax(torch.as_tensor(challenge.logits(x, clip.head)), dim=1).numpy()
+    expected = expected_relevance(x, labels, sae, clip.head, challenge.readout, progress=progress)
+    expected = with_output_stats(expected, log_p, labels)
+    return mine(x, labels, feats.ids, sae, clip.head, challenge.readout, expected, challenge.classnames,
+                config=config or MiningConfig(), scores=log_p, progress=progress)
+
+
+def latent_labels(challenge: Challenge, sae: Any, clip: Any, labeler: Any, cache_dir: str | os.PathLike | None = None,
+                  *, n_top: int = 50, top_m: int = 3, vocabulary: Any = None) -> pd.DataFrame:
+    """Every latent active on the test images, labelled by the labeler (Eq. 2 over its top-20
+    test images; `labeling.label_latents` columns, ``top_labels`` the best ``top_m``)."""
+    from ..features import extract
+    from ..labeling import Vocabulary, label_latents, labeler_embeddings, sandbox_vocabulary
+    from ..labeling.top import top_activating
+
+    vocab = vocabulary if vocabulary is not None else Vocabulary.build(
+        labeler, sandbox_vocabulary(colour_objects=True, watermark=False), templates=LABEL_TEMPLATES, progress=False)
+    feats = extract(clip, challenge.test, cache_dir, progress=False)
+    emb = labeler_embeddings(labeler, challenge.test, cache_dir, progress=False)
+    top = top_activating(feats, sae, n=n_top, progress=False)
+    return label_latents(top, None, vocab, labeler_embeddings=emb, n_used=20, min_count=1, top_m=top_m,
+                         progress=False)
+
+
+def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: Any = None,
+                cache_dir: str | os.PathLike | None = None, config: DetectiveConfig | None = None,
+                progress: bool = False) -> Investigation:
+    """Find the shortcut of ``challenge`` (or say there is none) with ``sae`` on ``clip``'s
+    class tokens. Reads only the public challenge; see the module docstring for the steps."""
+    import time
+
+    from ..features import extract
+    from ..labeling import Vocabulary, labeler_embeddings, sandbox_vocabulary
+    from ..mining.describe import distractor_labels
+    from ..models import load_clip
+
+    start = time.perf_counter()
+    cfg = config or DetectiveConfig()
+    clip = clip if clip is not None else load_clip("sandbox")
+    labeler = labeler if labeler is not None else load_clip(cfg.labeler, None, role="labeler")
+    head, test = clip.head, challenge.test
+    names = challenge.classnames
+    feats = extract(clip, test, cache_dir, progress=progress)
+    x = feats.read()
+    labels = np.asarray(test.labels())
+    logits = torch.as_tensor(challenge.logits(x, head))
+
+    # 1. Eq. 8 on the classifier's logits.
+    mined = mine_classifier(challenge, sae, clip, cache_dir, cfg.mining, progress=progress)
+
+    # 2. Labels of the flagged latents and of their distractor sets.
+    vocab_frame = sandbox_vocabulary(colour_objects=True, watermark=False)
+    vocab = Vocabulary.build(labeler, vocab_frame, templates=LABEL_TEMPLATES, progress=False)
+    emb = labeler_embeddings(labeler, test, cache_dir, progress=progress)
+    flagged = mined.flagged.copy()
+    if len(flagged):
+        table = latent_labels(challenge, sae, clip, labeler, cache_dir, n_top=cfg.n_top, top_m=cfg.top_m,
+                              vocabulary=vocab).set_index("latent")
+        flagged["label"] = [table["label"].get(int(j), "") for j in flagged["latent"]]
+        flagged["labels"] = [[lbl for lbl, _ in table["top_labels"].get(int(j), [])] for j in flagged["latent"]]
+        described = distractor_labels(mined.flagged, mined.samples, emb, vocab, top_m=cfg.top_m)
+        flagged = flagged.merge(described[["class", "latent", "distractor_label", "distractor_labels"]],
+                                on=["class", "latent"], how="left")
+
+    # 3. Counterfactual edits named by the labels, most suspicious pairs first.
+    by_label = vocab_frame.drop_duplicates("label").set_index("label")
+    rows = []
+    for r in flagged.to_dict("records"):
+        dis = [d for d in str(r.get("distractor_labels") or "").split("; ") if d]
+        for source, label in ([("latent", lbl) for lbl in r["labels"]] +
+                              [("distractors", lbl) for lbl in dis]):
+            if label not in by_label.index:
+                continue
+            rows.append({"class": r["class"], "latent": int(r["latent"]), "label": str(label),
+                         "mean_z": float(r["mean_z"]), "n_distractors": int(r["n_distractors"]),
+                         "edit": edit_of(by_label.at[label, "attribute"], by_label.at[label, "value"]),
+                         "label_source": source})
+    cands = pd.DataFrame(rows, columns=["class", "latent", "label", "mean_z", "n_distractors", "edit", "label_source"])
+    # The same edit can move a classifier trained without any shortcut (the CLIP's own habits,
+    # e.g. water pulling towards "boat"): a reference probe fitted on half of the unconfounded
+    # test images measures that, and only the excess over it counts. Edits use the other half.
+    n_ref = int(np.bincount(np.asarray(challenge.train.labels())).max())
+    ref_rows, edit_rows = _split_reference(labels, n_ref, challenge.seed)
+    with torch.no_grad():
+        z = head(x).double().cpu().numpy()
+    reference = fit_classifier(z[ref_rows], labels[ref_rows], challenge.seed)
+    effects: dict[tuple[str, tuple[str, str]], dict] = {}
+    order = cands.dropna(subset=["edit"]).sort_values("mean_z", ascending=False, kind="stable")
+    for cls, edit in order[["class", "edit"]].itertuples(index=False):
+        key = (cls, edit)
+        if key in effects or len(effects) >= cfg.max_checks:
+            continue
+        c = names.index(cls)
+        pick = edit_rows[_pick_rows(labels[edit_rows], c, cfg.n_edit, challenge.seed)]
+        x_e = extract(clip, test.subset(pick).edit(*edit), cache_dir, progress=False).read()
+        x_o = x[torch.as_tensor(pick)]
+        shift, dlogp = [], []
+        for readout in (challenge.readout, reference):
+            y_o, y_e = target_outputs(x_o, head, readout), target_outputs(x_e, head, readout)
+            shift.append(float((y_e.argmax(1) == c).double().mean() - (y_o.argmax(1) == c).double().mean()))
+            dlogp.append((torch.log_softmax(y_e, 1)[:, c] - torch.log_softmax(y_o, 1)[:, c]).double())
+        paired = dlogp[0] - dlogp[1]
+        with torch.no_grad():
+            gain = (_dense(sae, x_e) - _dense(sae, x_o)).mean(0)
+        effects[key] = {"effect": shift[0] - shift[1], "raw": shift[0], "reference": shift[1], "gain": gain,
+                        "dlogp": float(paired.mean()),
+                        "t": float(paired.mean() / (paired.std(unbiased=True) / len(paired) ** 0.5 + 1e-12))}
+    # One suspect per (class, edit) tried, with the latent that carries the edited attribute.
+    acts = _dense(sae, x)
+    named: dict[tuple[str, str], list[int]] = {}
+    for j, attribute, value in zip(table.index, table["attribute"], table["value"]) if len(flagged) else []:
+        e = edit_of(attribute, value)
+        if e is not None:
+            named.setdefault(e, []).append(int(j))
+    rows = []
+    for (cls, edit), ev in effects.items():
+        mine_c = cands[(cands["class"] == cls) & (cands["edit"] == edit)]
+        j = _carrier(ev["gain"], acts, labels, named=[int(k) for k in named.get(edit, [])])
+        gain = ev["gain"]
+        fl = flagged[(flagged["class"] == cls) & (flagged["latent"] == j)]
+        rows.append({"class": cls, "latent": j, "label": str(mine_c["label"].iloc[0]),
+                     "mean_z": float(fl["mean_z"].iloc[0]) if len(fl) else float("nan"),
+                     "n_distractors": int(fl["n_distractors"].iloc[0]) if len(fl) else 0,
+                     "edit": f"{edit[0]}={edit[1]}", "effect": ev["effect"], "raw_effect": ev["raw"],
+                     "reference_effect": ev["reference"], "activation_gain": float(gain[j]),
+                     "dlogp": ev["dlogp"], "t": ev["t"],
+                     "label_source": ",".join(sorted(set(mine_c["label_source"])))})
+    # Flagged pairs whose labels name nothing the sandbox can add stay listed, unconfirmed.
+    tried = {(r["class"], r["latent"]) for r in rows}
+    for r in cands[cands["edit"].isna()].drop_duplicates(["class", "latent"]).to_dict("records"):
+        if (r["class"], r["latent"]) not in tried:
+            rows.append({**{k: r[k] for k in ("class", "latent", "label", "mean_z", "n_distractors", "label_source")},
+                         "edit": "", "effect": float("nan")})
+    suspects = pd.DataFrame(rows, columns=[c for c in SUSPECT_COLUMNS if c not in ("rank", "score", "confirmed")]
+                            + EVIDENCE_COLUMNS)
+    suspects["confirmed"] = suspects["effect"].fillna(-1.0) >= cfg.min_effect
+    suspects["score"] = np.where(suspects["confirmed"], suspects["effect"], 0.0)
+    suspects = suspects.sort_values(["confirmed", "score", "mean_z"], ascending=False, kind="stable").reset_index(drop=True)
+    suspects.insert(0, "rank", np.arange(1, len(suspects) + 1))
+    suspects = suspects[SUSPECT_COLUMNS + EVIDENCE_COLUMNS]
+
+    found, verdict = None, NO_SHORTCUT_FOUND
+    if len(suspects) and bool(suspects["confirmed"].iloc[0]):
+        best = suspects.iloc[0]
+        kind, value = best["edit"].split("=", 1)
+        found = {"class": str(best["class"]), "latent": int(best["latent"]), "kind": kind, "value": value,
+                 "effect": float(best["effect"])}
+        verdict = f"{found['class']} relies on {kind}={value}"
+    return Investigation(suspects, verdict, found, flagged, time.perf_counter() - start)
+
+
+def config_dict(cfg: DetectiveConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,218 @@
+"""The hidden-shortcut challenge: drawn from the seed, confounded as drawn, sealed, and
+investigated without the answer or any attribute table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from _notebooks import LABELER_WEIGHTS, SANDBOX_WEIGHTS, require_weights
+from clipattr_utils import challenge as ch
+from clipattr_utils.challenge import spec
+from clipattr_utils.challenge.images import carries, confounded_training_set, with_value
+from clipattr_utils.sandbox.world import CLASSNAMES, SandboxImageSet, make_dataset, ObjectRecipe
+
+
+def test_draw_is_a_function_of_the_seed_with_one_control_in_five():
+    draws = [spec.draw(s) for s in range(600)]
+    assert draws[:50] == [spec.draw(s) for s in range(50)]
+    controls = sum(d is None for d in draws)
+    assert 0.15 < controls / len(draws) < 0.25
+    planted = [d for d in draws if d is not None]
+    assert {d.kind for d in planted} == set(spec.DRAWN_VALUES)
+    assert all(d.value in spec.DRAWN_VALUES[d.kind] for d in planted)
+    assert all(spec.STRENGTH_RANGE[0] <= d.strength <= spec.STRENGTH_RANGE[1] for d in planted)
+    assert all(not (d.kind == "companion" and d.target == "fire") for d in planted)
+    assert len({d.target for d in planted}) == len(CLASSNAMES)
+
+
+def test_the_sealed_answer_round_trips_and_names_nothing():
+    shortcut = spec.Shortcut("boat", "background", "water", 0.9, 0.02)
+    sealed = spec.seal(7, shortcut)
+    assert spec.unseal(7, sealed) == shortcut
+    assert spec.unseal(7, spec.seal(7, None)) is None
+    for word in ("boat", "water", "background", "0.9"):
+        assert word not in sealed
+    with pytest.raises(Exception):
+        assert spec.unseal(8, sealed) == shortcut   # another seed's key does not open it
+
+
+@pytest.mark.parametrize("bad", [dict(target="ship"), dict(kind="size"), dict(value="lava"),
+                                 dict(strength=0.01), dict(kind="companion", value="fire", target="fire")])
+def test_impossible_shortcuts_are_refused(bad):
+    args = {"target": "boat", "kind": "background", "value": "water", "strength": 0.9, "other_rate": 0.02, **bad}
+    with pytest.raises(ValueError):
+        spec.Shortcut(**args)
+
+
+@pytest.mark.parametrize("shortcut", [spec.Shortcut("cup", "background", "water", 0.9, 0.04),
+                                      spec.Shortcut("star", "word", "taxi", 0.85, 0.02),
+                                      spec.Shortcut("tree", "colour", "purple", 0.95, 0.03),
+                                      spec.Shortcut("car", "tint", "present", 0.8, 0.05),
+                                      spec.Shortcut("boat", "companion", "fire", 0.9, 0.02)])
+def test_the_training_set_carries_the_shortcut_at_the_drawn_rates(shortcut):
+    n = 100
+    train = confounded_training_set(shortcut, n, seed=3)
+    a = train.attributes
+    has = carries(a, shortcut.kind, shortcut.value)
+    target = (a["object"] == shortcut.target).to_numpy()
+    assert target.sum() == n and len(a) == n * len(CLASSNAMES)
+    assert has[target].mean() == pytest.approx(round(shortcut.strength * n) / n)
+    others = ~target & (a["object"] != "fire").to_numpy() if shortcut.kind == "companion" else ~target
+    assert has[others].mean() == pytest.approx(round(shortcut.other_rate * n) / n)
+    assert a["sample_id"].is_unique
+
+
+def test_a_control_training_set_ties_no_attribute_to_a_class():
+    a = confounded_training_set(None, 200, seed=4).attributes
+    for kind, values in spec.DRAWN_VALUES.items():
+        for value in values:
+            by_class = pd.Series(carries(a, kind, value)).groupby(a["object"].to_numpy()).mean()
+            assert by_class.max() < 0.5, (kind, value, by_class.to_dict())
+
+
+@pytest.mark.parametrize("kind,value", [("background", "grass"), ("colour", "white"), ("word", "menu"),
+                                        ("tint", "present"), ("companion", "fire"), ("watermark", "present")])
+def test_counterfactual_edits_add_exactly_the_attribute(kind, value):
+    images = make_dataset(40, "test", 5, recipe=ObjectRecipe.independent(), objects=["car", "boat", "tree"])
+    edited = with_value(images, kind, value)
+    a, b = images.attributes, edited.attributes
+    assert carries(b, kind, value).all()
+    untouched = ["object", "sprite", "render_seed"] + [c for c in ("background", "colour", "watermark") if c != kind]
+    pd.testing.assert_frame_equal(a[untouched], b[untouched])
+    if kind == "word":   # the sign sits in a band; the sprite leaves it
+        top = (b["text_y"] < 0.5).to_numpy()
+        cy = b["cy"].to_numpy()
+        assert np.all(np.where(top, cy >= 0.5 - 1e-9, cy <= 0.5 + 1e-9))
+        kept = a["text"].to_numpy() != ""   # an existing sign keeps its band
+        assert np.array_equal(top[kept], (a["text_y"] < 0.5).to_numpy()[kept])
+
+
+def test_public_images_hide_the_attribute_table():
+    public = ch.PublicImages(make_dataset(12, "test", 0))
+    with pytest.raises(AttributeError, match="attribute table"):
+        public.attributes
+    assert len(public.subset([0, 1])) == 2 and public.label(0) == make_dataset(12, "test", 0).label(0)
+
+
+def test_concat_refuses_duplicate_ids_and_keys_its_parts():
+    a, b = make_dataset(5, "test", 0), make_dataset(5, "test", 1)
+    both = SandboxImageSet.concat([a, b])
+    assert len(both) == 10 and both.fingerprint() != SandboxImageSet.concat([b, a]).fingerprint()
+    with pytest.raises(ValueError, match="duplicate sample ids"):
+        SandboxImageSet.concat([a, a])
+
+
+# ----------------------------------------------------------------------------- with the models
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    require_weights(SANDBOX_WEIGHTS)
+    require_weights(LABELER_WEIGHTS)
+    import clipattr_utils as ca
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cache = tmp_path_factory.mktemp("challenge-cache")
+    clip = ca.load_clip("sandbox")
+    labeler = ca.load_clip("sandbox-labeler", role="labeler")
+    sae = ch.detective_sae(clip, cache, n_train=3000, epochs=10)
+    return {"clip": clip, "labeler": labeler, "sae": sae, "cache": cache}
+
+
+def test_mining_a_readout_equal_to_the_prompts_gives_the_prompts_answer(world):
+    """Eq. 8 with a Readout w = t/|t|, bias 0, on unit embeddings is the cosine with t: the
+    generalised mining must flag exactly what mining with the prompts flags."""
+    import clipattr_utils as ca
+    from clipattr_utils import mining as mi
+
+    clip, sae = world["clip"], world["sae"]
+    pool, _ = mi.sandbox_mining_pool(600, 0)
+    x = ca.extract(clip, pool, world["cache"], progress=False).read()
+    classes = mi.sandbox_classes()
+    labels, ref = mi.class_labels(pool.attributes, classes), mi.sandbox_reference_labels(pool.attributes, classes)
+    text = clip.encode_text(mi.prompts(classes, "a photo of a {}"))
+    readout = ca.attribution.make_readout(torch.nn.functional.normalize(text, dim=-1), 0.0, normalize=True)
+    cfg = mi.MiningConfig(min_count=3)
+    results = []
+    for target in (text, readout):
+        expected = mi.expected_relevance(x, ref, sae, clip.head, target, progress=False)
+        scores = mi.class_outputs(x, clip.head, text)
+        expected = mi.with_output_stats(expected, scores, ref)
+        results.append(mi.mine(x, labels, pool.attributes["sample_id"], sae, clip.head, target, expected,
+                               [c.name for c in classes], config=cfg, scores=scores, progress=False))
+        assert torch.allclose(expected.mean, results[0] and expected.mean)
+    assert len(results[0].flagged) > 0
+    pd.testing.assert_frame_equal(results[0].flagged, results[1].flagged, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_challenge(world):
+    return ch.make(0, clip=world["clip"], cache_dir=world["cache"], n_per_class=60, n_test=960)
+
+
+def test_a_challenge_shows_its_public_face_only(small_challenge):
+    c = small_challenge
+    answer = ch.reveal(c)
+    text = repr(c) + str(c.public())
+    assert answer is not None and answer.target not in str(c.public()["train_accuracy"])
+    assert ch.describe(answer).split("'")[1] == answer.target
+    for secret in (f"'{answer.target}' relies", answer.value if answer.kind != "companion" else "small fire"):
+        assert secret not in text
+    assert 0.3 < c.test_accuracy <= 1.0 and c.train_accuracy >= c.test_accuracy - 0.1
+    assert ch.check(c, answer.target, answer.kind, answer.value)
+    assert not ch.check(c, None) and not ch.check(c, "no shortcut")
+    wrong = next(n for n in c.classnames if n != answer.target)
+    assert not ch.check(c, wrong, answer.kind, answer.value)
+
+
+def test_the_detective_reads_neither_the_answer_nor_the_attribute_table(world, small_challenge, monkeypatch):
+    """Swapping the sealed answer changes nothing the detective returns; and it runs with
+    every attribute table and the unsealing locked away."""
+    kw = dict(clip=world["clip"], labeler=world["labeler"], cache_dir=world["cache"],
+              config=ch.DetectiveConfig(max_checks=6, n_edit=80))
+    first = ch.investigate(small_challenge, world["sae"], **kw)
+    swapped = ch.with_sealed(small_challenge, spec.Shortcut("house", "colour", "black", 0.9, 0.01))
+    assert ch.reveal(swapped) != ch.reveal(small_challenge)
+
+    def locked(*_a, **_k):
+        raise AssertionError("the detective read something it must not")
+
+    monkeypatch.setattr(SandboxImageSet, "attributes", property(locked))
+    monkeypatch.setattr(spec, "unseal", locked)
+    monkeypatch.setattr(ch.game, "unseal", locked)
+    second = ch.investigate(swapped, world["sae"], **kw)
+    assert first.verdict == second.verdict
+    pd.testing.assert_frame_equal(first.suspects, second.suspects)
+    assert len(first.suspects) > 0
+
+
+def test_scoring_grades_against_the_planted_truth(world, small_challenge):
+    """A verdict naming the true class with a latent whose top images carry the value counts;
+    the same verdict on another class, or a found shortcut on a control, does not."""
+    import clipattr_utils as ca
+
+    c, sae = small_challenge, world["sae"]
+    answer = ch.reveal(c)
+    x = ca.extract(world["clip"], c.test._images, world["cache"], progress=False).read()
+    enc = sae.encode(x)
+    has = carries(c.test._images.attributes, answer.kind, answer.value)
+    # the latent whose top-20 images carry the value most often: found by brute force here
+    best, best_share = None, -1.0
+    for j in torch.unique(enc.indices).tolist():
+        a = (enc.values * (enc.indices == j)).sum(1).detach().numpy()
+        top = np.argsort(-a, kind="stable")[:20]
+        share = has[top[a[top] > 0]].mean() if (a[top] > 0).any() else 0
+        if share > best_share:
+            best, best_share = j, share
+    assert best_share >= 0.8
+    make = lambda cls, latent, verdict: ch.Investigation(pd.DataFrame(), verdict, None if cls is None else {
+        "class": cls, "latent": latent, "kind": answer.kind, "value": answer.value, "effect": 0.3}, pd.DataFrame(), 0.0)
+    assert ch.score(c, make(answer.target, best, "x"), x, sae)["correct"]
+    other = next(n for n in c.classnames if n != answer.target)
+    assert not ch.score(c, make(other, best, "x"), x, sae)["correct"]
+    assert not ch.score(c, make(None, None, ch.NO_SHORTCUT_FOUND), x, sae)["correct"]
+    control = ch.with_sealed(c, None)
+    assert ch.score(control, make(None, None, ch.NO_SHORTCUT_FOUND), x, sae)["correct"]
+    assert not ch.score(control, make(answer.target, best, "x"), x, sae)["correct"]
