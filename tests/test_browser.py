@@ -322,3 +322,87 @@ def test_run_index_html_shows_the_numbers_and_images(browser_env, feature_cache,
         except BaseException:
             save_screenshot(page, "browser-index-failure.png", tmp_path, full_page=True)
             raise
+
+
+# --------------------------------------------------------------------------- C: notebook 06's answer box
+
+NOTEBOOK_06 = REPO / "notebooks" / "06_find_the_shortcut.ipynb"
+SMALL_06 = dict(challenge_seed=0, n_per_class=60, n_test=960, sae_n_train=2000, sae_epochs=5, run_detective=False)
+
+
+def test_notebook_06_answer_box_checks_a_guess_and_reveals_the_answer(browser_env, feature_cache, tmp_path):
+    """Run notebook 06 in JupyterLab, choose the right class, attribute and value in the live
+    answer box, press Check (it must say "Right"), then a wrong class (it must say "Not
+    right"), then Reveal (the challenge's own answer must appear)."""
+    _require_weights()
+    pw, exe = browser_env
+    clear_artifacts("browser-06-*.png")
+    import papermill
+
+    from clipattr_utils import challenge as ch
+
+    answer = ch.spec.draw(SMALL_06["challenge_seed"])
+    assert answer is not None, "challenge 0 must hide a shortcut for this test"
+    root, work = tmp_path / "lab", tmp_path / "lab-state"
+    root.mkdir()
+    work.mkdir()
+    copy = root / NOTEBOOK_06.name
+    papermill.execute_notebook(str(NOTEBOOK_06), str(copy), prepare_only=True, kernel_name="python3",
+                               progress_bar=False, parameters={**SMALL_06, "cache_dir": str(feature_cache),
+                                                               "out_dir": str(root / "out")})
+    with jupyter_lab(root, work) as lab:
+        lab.start_kernel_for(copy.name)
+        with chromium(pw, exe) as page:
+            page.set_default_timeout(60_000)
+            try:
+                page.goto(lab.url(copy.name))
+                page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
+                _accept_kernel_dialog(page)
+                page.wait_for_function(
+                    "() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle'")
+                page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+                page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells$")).click()
+
+                def finished():
+                    if page.locator(".jp-Dialog").count():
+                        raise AssertionError(f"JupyterLab asks: {page.locator('.jp-Dialog').first.inner_text()}")
+                    prompts = page.evaluate(JS_PROMPTS)
+                    started = any(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
+                    return prompts if started and not any("*" in p for p in prompts) else None
+
+                _wait_for(finished, RUN_ALL_TIMEOUT_S, "Run All Cells to finish", interval=1.0)
+                errors = page.evaluate(JS_ERRORS)
+                assert not errors, "\n".join(errors)[-3000:]
+
+                def dropdown(label):
+                    box = page.locator(".widget-dropdown").filter(
+                        has=page.locator(".widget-label", has_text=re.compile(f"^{label}$")))
+                    assert box.count() == 1, f"no live '{label}' dropdown: are the widgets live?"
+                    return box.locator("select")
+
+                answer_box = page.locator(".widget-vbox").filter(has=dropdown("class")).last
+                output = answer_box.locator(".widget-output")
+                dropdown("class").scroll_into_view_if_needed()
+                dropdown("class").select_option(answer.target)
+                dropdown("attribute").select_option(answer.kind)
+                _wait_for(lambda: answer.value in dropdown("value").inner_text(), WIDGET_TIMEOUT_S,
+                          f"the value list of {answer.kind}")
+                dropdown("value").select_option(answer.value)
+                answer_box.locator("button", has_text="Check").click()
+                _wait_for(lambda: "Right: your guess was" in output.inner_text(), WIDGET_TIMEOUT_S,
+                          f"'Right' after the right guess (showing {output.inner_text()[:200]!r})")
+                save_screenshot(page, "browser-06-answer-right.png", tmp_path)
+
+                wrong = next(n for n in ch.spec.CLASSNAMES if n != answer.target)
+                dropdown("class").select_option(wrong)
+                answer_box.locator("button", has_text="Check").click()
+                _wait_for(lambda: "Not right: your guess was" in output.inner_text(), WIDGET_TIMEOUT_S,
+                          "'Not right' after a wrong guess")
+                answer_box.locator("button", has_text="Reveal").click()
+                expected = "The answer: " + ch.describe(answer)
+                _wait_for(lambda: expected in output.inner_text(), WIDGET_TIMEOUT_S, "the revealed answer")
+                save_screenshot(page, "browser-06-answer-revealed.png", tmp_path)
+            except BaseException:
+                save_screenshot(page, "browser-06-failure.png", tmp_path)
+                print(f"--- jupyter lab log ---\n{lab.log_tail()}")
+                raise

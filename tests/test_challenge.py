@@ -135,14 +135,16 @@ def test_mining_a_readout_equal_to_the_prompts_gives_the_prompts_answer(world):
     text = clip.encode_text(mi.prompts(classes, "a photo of a {}"))
     readout = ca.attribution.make_readout(torch.nn.functional.normalize(text, dim=-1), 0.0, normalize=True)
     cfg = mi.MiningConfig(min_count=3)
-    results = []
+    results, means = [], []
     for target in (text, readout):
         expected = mi.expected_relevance(x, ref, sae, clip.head, target, progress=False)
         scores = mi.class_outputs(x, clip.head, text)
         expected = mi.with_output_stats(expected, scores, ref)
         results.append(mi.mine(x, labels, pool.attributes["sample_id"], sae, clip.head, target, expected,
                                [c.name for c in classes], config=cfg, scores=scores, progress=False))
-        assert torch.allclose(expected.mean, results[0] and expected.mean)
+        means.append((expected.mean, expected.std, expected.output_mean))
+    assert torch.allclose(means[0][0], means[1][0], atol=1e-9) and torch.allclose(means[0][1], means[1][1], atol=1e-9)
+    assert np.allclose(means[0][2], means[1][2])
     assert len(results[0].flagged) > 0
     pd.testing.assert_frame_equal(results[0].flagged, results[1].flagged, rtol=1e-6)
 
@@ -216,3 +218,14 @@ def test_scoring_grades_against_the_planted_truth(world, small_challenge):
     control = ch.with_sealed(c, None)
     assert ch.score(control, make(None, None, ch.NO_SHORTCUT_FOUND), x, sae)["correct"]
     assert not ch.score(control, make(answer.target, best, "x"), x, sae)["correct"]
+
+
+def test_the_generator_draws_exactly_the_values_the_clip_encodes(world):
+    """`spec.DRAWN_VALUES` is the encodability measurement, not a hand-picked list: every value
+    a linear probe reads off the embedding with AUROC >= 0.9, and no other (the watermark and
+    five backgrounds are not encoded by the sandbox CLIP)."""
+    table = ch.encodability(world["clip"], world["cache"])
+    measured = {k: tuple(g.loc[g["encoded"], "value"]) for k, g in table.groupby("kind", sort=False)}
+    measured = {k: v for k, v in measured.items() if v}
+    assert measured == spec.DRAWN_VALUES, table.round(3).to_string()
+    assert table.set_index(["kind", "value"]).loc[("watermark", "present"), "auroc"] < 0.6

@@ -13,8 +13,10 @@ refuses to show one). Four steps, each a tool of the method:
    images, and its distractor set (`mining.distractor_labels`).
 3. **Counterfactual check**: where a label names something the sandbox can add to an image
    (a background, a colour, a word, a tint, a flame), the detective adds it to test images of
-   other classes and measures how many more the classifier then calls c. A suspect whose
-   edit moves at least `DetectiveConfig.min_effect` of them is confirmed.
+   other classes and measures how much the classifier's log P(c) rises, beyond what the same
+   edit does to a reference probe fitted on unconfounded test images (the CLIP's own habits).
+   An edit that lifts every class a little is discounted (the median over the other classes);
+   a suspect whose remaining rise reaches `DetectiveConfig.min_specificity` is confirmed.
 4. **Verdict**: the best confirmed suspect, or "no shortcut found" when none is confirmed.
 """
 
@@ -29,6 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from ..mining.outliers import MiningConfig
 from ..attribution import target_outputs
@@ -39,7 +42,7 @@ NO_SHORTCUT_FOUND = "no shortcut found"
 
 SUSPECT_COLUMNS = ["rank", "class", "latent", "label", "score", "mean_z", "n_distractors", "edit", "effect",
                    "confirmed", "label_source"]
-EVIDENCE_COLUMNS = ["raw_effect", "reference_effect", "activation_gain", "dlogp", "t"]
+EVIDENCE_COLUMNS = ["activation_gain", "dlogp", "specificity", "z", "z_specific"]
 
 
 @dataclass
@@ -52,16 +55,22 @@ class DetectiveConfig:
     active on >= 10 outsiders)."""
     n_top: int = 50
     """Top test images kept per latent for its label (Eq. 2 uses the top 20)."""
-    n_edit: int = 240
-    """Test images of other classes each counterfactual edits."""
-    min_effect: float = 0.05
-    """Confirm a suspect when its edit makes the classifier call c on this many more of the
-    edited images (share, 0-1) than before the edit."""
+    n_edit: int = 360
+    """Test images (of every class, none used by the reference probe) each counterfactual edits."""
+    min_specificity: float = 1.0
+    """Confirm a suspect (class c, edit) when the edit raises the classifier's log P(c) on other
+    classes' images by at least this much (nats, mean over images) more than it raises the
+    reference probe's (``dlogp``), beyond the median of that excess over the other classes."""
     top_m: int = 3
     """Labels per flagged latent (its own best ``top_m``, and its distractors' best ``top_m``)
     whose edits are tried."""
+    n_bootstrap: int = 6
+    """Bootstrap refits of the reference probe that measure how much probes disagree anyway."""
+    n_relevant: int = 3
+    """Per class, the latents with the largest mean relevance over its outsiders whose labels
+    are also tried (besides the flagged pairs')."""
     max_checks: int = 40
-    """Counterfactual edits tried at most (the most suspicious distinct edits first)."""
+    """Distinct counterfactual edits tried at most (those named by the most suspicious pairs first)."""
     labeler: str = "sandbox-labeler"
 
 
@@ -69,14 +78,18 @@ class Investigation(NamedTuple):
     """What `investigate` returns."""
 
     suspects: pd.DataFrame
-    """Ranked suspects: ``rank, class, latent, label, score`` (the counterfactual effect for
-    confirmed ones, else 0), ``mean_z, n_distractors`` (Eq. 8 evidence), ``edit`` (kind=value
-    tried), ``effect`` (share of edited images newly called ``class``), ``confirmed``,
-    ``label_source`` (the latent's label or its distractors')."""
+    """Ranked suspects: ``rank, class, latent, label, score`` (the counterfactual's excess
+    rise of log P(class), ``dlogp``; 0 where no edit was tried), ``mean_z, n_distractors``
+    (Eq. 8 evidence), ``edit`` (kind=value tried), ``effect`` (share of edited images newly
+    called ``class``, beyond the reference probe), ``confirmed``, ``label_source`` (which
+    labels named the edit: the latent's, its distractors', or a top-relevance latent's), then
+    ``activation_gain`` (the suspect latent's mean rise under the edit), ``dlogp`` (the rise
+    of log P(class), classifier minus reference) and ``specificity`` (``dlogp`` minus its
+    median over the other classes: the score)."""
     verdict: str
     """"no shortcut found", or "<class> relies on <kind>=<value>"."""
     found: dict | None
-    """The top confirmed suspect as ``{"class", "latent", "kind", "value", "effect"}``, or None."""
+    """The top suspect if confirmed, as ``{"class", "latent", "kind", "value", "effect", "specificity"}``, or None."""
     flagged: pd.DataFrame
     """Every flagged (class, latent) pair of the mining step, with its label."""
     seconds: float
@@ -103,15 +116,9 @@ def detective_sae(clip: Any = None, cache_dir: str | os.PathLike | None = None, 
     folder = resolve_cache_dir(cache_dir) / f"challenge-sae-{key}"
     if (folder / "cfg.json").is_file():
         return TopKSAE.load(folder, d_in=clip.head.d_pre).eval()
-    sae = train(feats, cfg, progress=progress).sae.eval()
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    sae.save(tmp)
-    try:
-        os.replace(tmp, folder)
-    except OSError:   # another process finished first: keep its SAE
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
+    # save_sae writes the weights first and cfg.json last, each atomically: a folder with a
+    # cfg.json holds a complete SAE, and one without is retrained.
+    train(feats, cfg, progress=progress).sae.save(folder)
     return TopKSAE.load(folder, d_in=clip.head.d_pre).eval()
 
 
@@ -153,15 +160,20 @@ def _dense(sae: Any, x: torch.Tensor) -> torch.Tensor:
 def _carrier(gain: torch.Tensor, acts: torch.Tensor, labels: np.ndarray, named: list[int] | None = None,
              n_top: int = 20) -> int:
     """The latent that carries an edited attribute. First choice: of the latents whose label
-    names that attribute (``named``), the one the edit switches on most (``gain``: mean
-    activation change). Else, among the latents the edit switches on at least half as much as
+    names that attribute (``named``), the one the edit lifts most (``gain``: mean activation
+    change) relative to its own top-``n_top`` activations on the test images. Else, among the latents the edit switches on at least half as much as
     the most, the one whose top test images spread most evenly over the classes: the test set
     is unconfounded, so the attribute's own latent fires on every class alike, while a latent
     of one class's object that the edit also raises (a fire latent for an added flame) does not."""
     if named:
-        j = max(named, key=lambda k: float(gain[k]))
-        if float(gain[j]) > 0:
-            return int(j)
+        # The edit alone should lift the attribute's latent to the level of its strongest
+        # natural activations: gain over its top-n mean, highest first (a latent that also
+        # fires, harder, on something else has its top images there).
+        top_mean = torch.topk(acts[:, named], min(n_top, acts.shape[0]), dim=0).values.mean(0)
+        ratio = gain[named] / top_mean.clamp_min(1e-9)
+        k = int(torch.argmax(ratio))
+        if float(gain[named[k]]) > 0:
+            return int(named[k])
     cand = torch.nonzero(gain >= 0.5 * gain.max()).flatten().tolist() if float(gain.max()) > 0 else [int(gain.argmax())]
     best, best_key = cand[0], None
     for j in cand:
@@ -173,13 +185,6 @@ def _carrier(gain: torch.Tensor, acts: torch.Tensor, labels: np.ndarray, named: 
         if best_key is None or key < best_key:
             best, best_key = j, key
     return int(best)
-
-
-def _pick_rows(labels: np.ndarray, c: int, n: int, seed: int) -> np.ndarray:
-    rows = np.flatnonzero(labels != c)
-    if len(rows) > n:
-        rows = np.sort(np.random.default_rng([seed, c]).choice(rows, n, replace=False))
-    return rows
 
 
 LABEL_TEMPLATES = ("a photo of {}",)
@@ -253,9 +258,9 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
     vocab = Vocabulary.build(labeler, vocab_frame, templates=LABEL_TEMPLATES, progress=False)
     emb = labeler_embeddings(labeler, test, cache_dir, progress=progress)
     flagged = mined.flagged.copy()
+    table = latent_labels(challenge, sae, clip, labeler, cache_dir, n_top=cfg.n_top, top_m=cfg.top_m,
+                          vocabulary=vocab).set_index("latent")
     if len(flagged):
-        table = latent_labels(challenge, sae, clip, labeler, cache_dir, n_top=cfg.n_top, top_m=cfg.top_m,
-                              vocabulary=vocab).set_index("latent")
         flagged["label"] = [table["label"].get(int(j), "") for j in flagged["latent"]]
         flagged["labels"] = [[lbl for lbl, _ in table["top_labels"].get(int(j), [])] for j in flagged["latent"]]
         described = distractor_labels(mined.flagged, mined.samples, emb, vocab, top_m=cfg.top_m)
@@ -275,6 +280,21 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
                          "mean_z": float(r["mean_z"]), "n_distractors": int(r["n_distractors"]),
                          "edit": edit_of(by_label.at[label, "attribute"], by_label.at[label, "value"]),
                          "label_source": source})
+    # Linear-readout attribution: the latents most relevant for logit c over c's outsiders,
+    # z-scored or not (a shortcut value that also sits on c's own images raises the class's
+    # expected relevance, so Eq. 8 can miss it).
+    for c, out_rows in mined.outsiders.items():
+        if len(out_rows) == 0:
+            continue
+        from .views import relevant_latents
+
+        top = relevant_latents(challenge, sae, clip, x, names[c], rows=out_rows, n=cfg.n_relevant)
+        for j in top["latent"]:
+            for label, _ in table["top_labels"].get(int(j), []):
+                if label in by_label.index:
+                    rows.append({"class": names[c], "latent": int(j), "label": str(label), "mean_z": float("nan"),
+                                 "n_distractors": 0, "label_source": "relevance",
+                                 "edit": edit_of(by_label.at[label, "attribute"], by_label.at[label, "value"])})
     cands = pd.DataFrame(rows, columns=["class", "latent", "label", "mean_z", "n_distractors", "edit", "label_source"])
     # The same edit can move a classifier trained without any shortcut (the CLIP's own habits,
     # e.g. water pulling towards "boat"): a reference probe fitted on half of the unconfounded
@@ -284,27 +304,50 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
     with torch.no_grad():
         z = head(x).double().cpu().numpy()
     reference = fit_classifier(z[ref_rows], labels[ref_rows], challenge.seed)
-    effects: dict[tuple[str, tuple[str, str]], dict] = {}
-    order = cands.dropna(subset=["edit"]).sort_values("mean_z", ascending=False, kind="stable")
-    for cls, edit in order[["class", "edit"]].itertuples(index=False):
-        key = (cls, edit)
-        if key in effects or len(effects) >= cfg.max_checks:
-            continue
-        c = names.index(cls)
-        pick = edit_rows[_pick_rows(labels[edit_rows], c, cfg.n_edit, challenge.seed)]
+    # How much two probes fitted on equally many unconfounded images disagree about an edit:
+    # bootstrap refits of the reference give the spread a classifier without any shortcut shows.
+    boot_rng = np.random.default_rng([challenge.seed, 0xB0])
+    boots = [fit_classifier(z[r], labels[r], challenge.seed)
+             for r in (boot_rng.choice(ref_rows, len(ref_rows), replace=True) for _ in range(cfg.n_bootstrap))]
+    # Each distinct edit once, on one sample of the edit rows (every class), read out for every
+    # class c' on the rows not of c': D[c'] = mean rise of log P(c') under the edit, classifier
+    # minus reference. A shortcut edit lifts its class alone; an edit that lifts many classes
+    # (a white sprite moves every probe a little differently) is discounted by the median.
+    pick = np.sort(np.random.default_rng([challenge.seed, 0xED]).choice(
+        edit_rows, min(cfg.n_edit, len(edit_rows)), replace=False))
+    x_o = x[torch.as_tensor(pick)]
+    y_pick = labels[pick]
+    order = cands.dropna(subset=["edit"]).sort_values("mean_z", ascending=False, kind="stable", na_position="last")
+    edits = list(dict.fromkeys(order["edit"]))[: cfg.max_checks]
+    per_edit: dict[tuple[str, str], dict] = {}
+    for edit in edits:
         x_e = extract(clip, test.subset(pick).edit(*edit), cache_dir, progress=False).read()
-        x_o = x[torch.as_tensor(pick)]
-        shift, dlogp = [], []
+        rise, flips = [], []
         for readout in (challenge.readout, reference):
             y_o, y_e = target_outputs(x_o, head, readout), target_outputs(x_e, head, readout)
-            shift.append(float((y_e.argmax(1) == c).double().mean() - (y_o.argmax(1) == c).double().mean()))
-            dlogp.append((torch.log_softmax(y_e, 1)[:, c] - torch.log_softmax(y_o, 1)[:, c]).double())
-        paired = dlogp[0] - dlogp[1]
+            rise.append(torch.log_softmax(y_e, 1) - torch.log_softmax(y_o, 1))
+            flips.append((F.one_hot(y_e.argmax(1), len(names)) - F.one_hot(y_o.argmax(1), len(names))).double())
+        other = torch.as_tensor(y_pick[:, None] != np.arange(len(names))[None, :])
+        n_other = other.sum(0).clamp_min(1)
+        mean_rise = lambda r: (r.double() * other).sum(0) / n_other  # noqa: E731
+        paired = mean_rise(rise[0]) - mean_rise(rise[1])
+        flip = ((flips[0] - flips[1]) * other).sum(0) / n_other
+        spread = torch.stack([mean_rise(torch.log_softmax(target_outputs(x_e, head, b), 1)
+                                        - torch.log_softmax(target_outputs(x_o, head, b), 1)) for b in boots])
+        z_rise = (mean_rise(rise[0]) - spread.mean(0)) / spread.std(0).clamp_min(1e-6)
         with torch.no_grad():
             gain = (_dense(sae, x_e) - _dense(sae, x_o)).mean(0)
-        effects[key] = {"effect": shift[0] - shift[1], "raw": shift[0], "reference": shift[1], "gain": gain,
-                        "dlogp": float(paired.mean()),
-                        "t": float(paired.mean() / (paired.std(unbiased=True) / len(paired) ** 0.5 + 1e-12))}
+        per_edit[edit] = {"dlogp": paired, "flip": flip, "gain": gain, "z": z_rise}
+    effects: dict[tuple[str, tuple[str, str]], dict] = {}
+    for cls, edit in order[["class", "edit"]].itertuples(index=False):
+        if edit not in per_edit or (cls, edit) in effects:
+            continue
+        c, ev = names.index(cls), per_edit[edit]
+        rest = torch.cat([ev["dlogp"][:c], ev["dlogp"][c + 1:]])
+        z_rest = torch.cat([ev["z"][:c], ev["z"][c + 1:]])
+        effects[(cls, edit)] = {"effect": float(ev["flip"][c]), "gain": ev["gain"], "dlogp": float(ev["dlogp"][c]),
+                                "t": float(ev["dlogp"][c] - rest.median()), "z": float(ev["z"][c]),
+                                "z_specific": float(ev["z"][c] - z_rest.median())}
     # One suspect per (class, edit) tried, with the latent that carries the edited attribute.
     acts = _dense(sae, x)
     named: dict[tuple[str, str], list[int]] = {}
@@ -321,9 +364,8 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
         rows.append({"class": cls, "latent": j, "label": str(mine_c["label"].iloc[0]),
                      "mean_z": float(fl["mean_z"].iloc[0]) if len(fl) else float("nan"),
                      "n_distractors": int(fl["n_distractors"].iloc[0]) if len(fl) else 0,
-                     "edit": f"{edit[0]}={edit[1]}", "effect": ev["effect"], "raw_effect": ev["raw"],
-                     "reference_effect": ev["reference"], "activation_gain": float(gain[j]),
-                     "dlogp": ev["dlogp"], "t": ev["t"],
+                     "edit": f"{edit[0]}={edit[1]}", "effect": ev["effect"], "activation_gain": float(gain[j]),
+                     "dlogp": ev["dlogp"], "specificity": ev["t"], "z": ev["z"], "z_specific": ev["z_specific"],
                      "label_source": ",".join(sorted(set(mine_c["label_source"])))})
     # Flagged pairs whose labels name nothing the sandbox can add stay listed, unconfirmed.
     tried = {(r["class"], r["latent"]) for r in rows}
@@ -333,9 +375,9 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
                          "edit": "", "effect": float("nan")})
     suspects = pd.DataFrame(rows, columns=[c for c in SUSPECT_COLUMNS if c not in ("rank", "score", "confirmed")]
                             + EVIDENCE_COLUMNS)
-    suspects["confirmed"] = suspects["effect"].fillna(-1.0) >= cfg.min_effect
-    suspects["score"] = np.where(suspects["confirmed"], suspects["effect"], 0.0)
-    suspects = suspects.sort_values(["confirmed", "score", "mean_z"], ascending=False, kind="stable").reset_index(drop=True)
+    suspects["confirmed"] = suspects["specificity"].fillna(-np.inf) >= cfg.min_specificity
+    suspects["score"] = suspects["specificity"].fillna(0.0)
+    suspects = suspects.sort_values(["score", "mean_z"], ascending=False, kind="stable").reset_index(drop=True)
     suspects.insert(0, "rank", np.arange(1, len(suspects) + 1))
     suspects = suspects[SUSPECT_COLUMNS + EVIDENCE_COLUMNS]
 
@@ -344,7 +386,7 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
         best = suspects.iloc[0]
         kind, value = best["edit"].split("=", 1)
         found = {"class": str(best["class"]), "latent": int(best["latent"]), "kind": kind, "value": value,
-                 "effect": float(best["effect"])}
+                 "effect": float(best["effect"]), "specificity": float(best["specificity"])}
         verdict = f"{found['class']} relies on {kind}={value}"
     return Investigation(suspects, verdict, found, flagged, time.perf_counter() - start)
 
