@@ -15,8 +15,10 @@ refuses to show one). Four steps, each a tool of the method:
    (a background, a colour, a word, a tint, a flame), the detective adds it to test images of
    other classes and measures how much the classifier's log P(c) rises, beyond what the same
    edit does to a reference probe fitted on unconfounded test images (the CLIP's own habits).
-   An edit that lifts every class a little is discounted (the median over the other classes);
-   a suspect whose remaining rise reaches `DetectiveConfig.min_specificity` is confirmed.
+   The rise is measured in standard deviations of what bootstrap refits of the reference show
+   (probes without a shortcut disagree too), less the median of that z over the other classes
+   (an edit that lifts every class a little is no shortcut of one); a suspect whose ``z_specific``
+   reaches `DetectiveConfig.min_z` is confirmed.
 4. **Verdict**: the best confirmed suspect, or "no shortcut found" when none is confirmed.
 """
 
@@ -57,10 +59,11 @@ class DetectiveConfig:
     """Top test images kept per latent for its label (Eq. 2 uses the top 20)."""
     n_edit: int = 360
     """Test images (of every class, none used by the reference probe) each counterfactual edits."""
-    min_specificity: float = 1.0
-    """Confirm a suspect (class c, edit) when the edit raises the classifier's log P(c) on other
-    classes' images by at least this much (nats, mean over images) more than it raises the
-    reference probe's (``dlogp``), beyond the median of that excess over the other classes."""
+    min_z: float = 8.0
+    """Confirm a suspect (class c, edit) when the edit's rise of the classifier's log P(c) on
+    other classes' images stands this many bootstrap standard deviations above what probes
+    without a shortcut show (refits of the reference on unconfounded images), beyond the
+    median of that z over the other classes (``z_specific``)."""
     top_m: int = 3
     """Labels per flagged latent (its own best ``top_m``, and its distractors' best ``top_m``)
     whose edits are tried."""
@@ -78,18 +81,20 @@ class Investigation(NamedTuple):
     """What `investigate` returns."""
 
     suspects: pd.DataFrame
-    """Ranked suspects: ``rank, class, latent, label, score`` (the counterfactual's excess
-    rise of log P(class), ``dlogp``; 0 where no edit was tried), ``mean_z, n_distractors``
+    """Ranked suspects: ``rank, class, latent, label, score`` (``z_specific``, see below; 0
+    where no edit was tried), ``mean_z, n_distractors``
     (Eq. 8 evidence), ``edit`` (kind=value tried), ``effect`` (share of edited images newly
     called ``class``, beyond the reference probe), ``confirmed``, ``label_source`` (which
     labels named the edit: the latent's, its distractors', or a top-relevance latent's), then
     ``activation_gain`` (the suspect latent's mean rise under the edit), ``dlogp`` (the rise
-    of log P(class), classifier minus reference) and ``specificity`` (``dlogp`` minus its
-    median over the other classes: the score)."""
+    of log P(class), classifier minus reference), ``specificity`` (``dlogp`` minus its median
+    over the other classes), ``z`` (the classifier's rise in bootstrap standard deviations of
+    the reference's) and ``z_specific`` (``z`` minus its median over the other classes: the
+    score)."""
     verdict: str
     """"no shortcut found", or "<class> relies on <kind>=<value>"."""
     found: dict | None
-    """The top suspect if confirmed, as ``{"class", "latent", "kind", "value", "effect", "specificity"}``, or None."""
+    """The top suspect if confirmed, as ``{"class", "latent", "kind", "value", "effect", "z_specific"}``, or None."""
     flagged: pd.DataFrame
     """Every flagged (class, latent) pair of the mining step, with its label."""
     seconds: float
@@ -157,23 +162,21 @@ def _dense(sae: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros(x.shape[0], sae.d_sae, dtype=enc.values.dtype).scatter_add_(1, enc.indices, enc.values)
 
 
-def _carrier(gain: torch.Tensor, acts: torch.Tensor, labels: np.ndarray, named: list[int] | None = None,
-             n_top: int = 20) -> int:
+def _carrier(gain: torch.Tensor, acts: torch.Tensor, labels: np.ndarray, named: dict[int, tuple[float, int]] | None = None,
+             n_top: int = 20, min_count: int = 20) -> int:
     """The latent that carries an edited attribute. First choice: of the latents whose label
-    names that attribute (``named``), the one the edit lifts most (``gain``: mean activation
-    change) relative to its own top-``n_top`` activations on the test images. Else, among the latents the edit switches on at least half as much as
-    the most, the one whose top test images spread most evenly over the classes: the test set
-    is unconfounded, so the attribute's own latent fires on every class alike, while a latent
-    of one class's object that the edit also raises (a fire latent for an added flame) does not."""
-    if named:
-        # The edit alone should lift the attribute's latent to the level of its strongest
-        # natural activations: gain over its top-n mean, highest first (a latent that also
-        # fires, harder, on something else has its top images there).
-        top_mean = torch.topk(acts[:, named], min(n_top, acts.shape[0]), dim=0).values.mean(0)
-        ratio = gain[named] / top_mean.clamp_min(1e-9)
-        k = int(torch.argmax(ratio))
-        if float(gain[named[k]]) > 0:
-            return int(named[k])
+    names that attribute (``named``: latent -> (Eq. 2 alignment, activation count)) and that
+    the edit switches on (``gain``: mean activation change > 0), the one labelled most clearly
+    (highest alignment) among those active on at least ``min_count`` test images (notebook
+    02's rule for a trustworthy label), else among all. Without such a latent: among the
+    latents the edit switches on at least half as much as the most, the one whose top test
+    images spread most evenly over the classes (the test set is unconfounded, so the
+    attribute's own latent fires on every class alike, while a latent of one class's object
+    that the edit also raises, a fire latent for an added flame, does not)."""
+    lifted = {j: v for j, v in (named or {}).items() if float(gain[j]) > 0}
+    trusted = {j: v for j, v in lifted.items() if v[1] >= min_count} or lifted
+    if trusted:
+        return int(max(trusted, key=lambda j: trusted[j][0]))
     cand = torch.nonzero(gain >= 0.5 * gain.max()).flatten().tolist() if float(gain.max()) > 0 else [int(gain.argmax())]
     best, best_key = cand[0], None
     for j in cand:
@@ -350,15 +353,16 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
                                 "z_specific": float(ev["z"][c] - z_rest.median())}
     # One suspect per (class, edit) tried, with the latent that carries the edited attribute.
     acts = _dense(sae, x)
-    named: dict[tuple[str, str], list[int]] = {}
-    for j, attribute, value in zip(table.index, table["attribute"], table["value"]) if len(flagged) else []:
+    named: dict[tuple[str, str], dict[int, tuple[float, int]]] = {}
+    for j, attribute, value, align, count in zip(table.index, table["attribute"], table["value"], table["alignment"],
+                                                 table["count"]):
         e = edit_of(attribute, value)
         if e is not None:
-            named.setdefault(e, []).append(int(j))
+            named.setdefault(e, {})[int(j)] = (float(align), int(count))
     rows = []
     for (cls, edit), ev in effects.items():
         mine_c = cands[(cands["class"] == cls) & (cands["edit"] == edit)]
-        j = _carrier(ev["gain"], acts, labels, named=[int(k) for k in named.get(edit, [])])
+        j = _carrier(ev["gain"], acts, labels, named=named.get(edit))
         gain = ev["gain"]
         fl = flagged[(flagged["class"] == cls) & (flagged["latent"] == j)]
         rows.append({"class": cls, "latent": j, "label": str(mine_c["label"].iloc[0]),
@@ -375,8 +379,8 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
                          "edit": "", "effect": float("nan")})
     suspects = pd.DataFrame(rows, columns=[c for c in SUSPECT_COLUMNS if c not in ("rank", "score", "confirmed")]
                             + EVIDENCE_COLUMNS)
-    suspects["confirmed"] = suspects["specificity"].fillna(-np.inf) >= cfg.min_specificity
-    suspects["score"] = suspects["specificity"].fillna(0.0)
+    suspects["confirmed"] = suspects["z_specific"].fillna(-np.inf) >= cfg.min_z
+    suspects["score"] = suspects["z_specific"].fillna(0.0)
     suspects = suspects.sort_values(["score", "mean_z"], ascending=False, kind="stable").reset_index(drop=True)
     suspects.insert(0, "rank", np.arange(1, len(suspects) + 1))
     suspects = suspects[SUSPECT_COLUMNS + EVIDENCE_COLUMNS]
@@ -386,7 +390,7 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
         best = suspects.iloc[0]
         kind, value = best["edit"].split("=", 1)
         found = {"class": str(best["class"]), "latent": int(best["latent"]), "kind": kind, "value": value,
-                 "effect": float(best["effect"]), "specificity": float(best["specificity"])}
+                 "effect": float(best["effect"]), "z_specific": float(best["z_specific"])}
         verdict = f"{found['class']} relies on {kind}={value}"
     return Investigation(suspects, verdict, found, flagged, time.perf_counter() - start)
 
