@@ -66,6 +66,15 @@ HEADLINES = [
     # melanoma held-out worlds (the counts are recomputed from RESULTS.md below)
     ("in 16 of 16 worlds; red latent within the benign top 3 in 15", "docs/melanoma.md",
      ("Over the 16 held-out worlds: goal met in 16, red latent found in 15", "found within the benign top 3")),
+    # hidden-shortcut challenge (issue 22): held-out and development tables
+    ("found 21 of 33 planted (64 %", RESULTS, "| **all planted** | 33 | **21** (64 %) | 12 |"),
+    ("class and attribute right in 27", RESULTS, "right class and\n  the right attribute value in 27 of 33"),
+    ("controls passed 6 of 7", RESULTS, "| **controls** | 7 | **6** (86 %) | 1 |"),
+    ("development seeds 0–39: 23 of 35, 5 of 5", RESULTS,
+     ("| **all planted** | 35 | **23** (66 %) | 12 |", "| **controls** | 5 | **5** (100 %) | 0 |",
+      "Development seeds 0–39")),
+    ("companion 7/7, colour 5/6, backgrounds 3/9", RESULTS,
+     ("| companion | 7 | 7 | 0 |", "| colour | 6 | 5 | 1 |", "| background | 9 | 3 | 6 |")),
 ]
 
 # Numbers that moved from README to a docs/ page: (page, snippet of the page, source, source snippet)
