@@ -229,3 +229,17 @@ def test_the_generator_draws_exactly_the_values_the_clip_encodes(world):
     measured = {k: v for k, v in measured.items() if v}
     assert measured == spec.DRAWN_VALUES, table.round(3).to_string()
     assert table.set_index(["kind", "value"]).loc[("watermark", "present"), "auroc"] < 0.6
+
+
+def test_the_benchmark_reads_seed_ranges_and_counts_per_kind():
+    from clipattr_utils.challenge.__main__ import kind_table, parse_seeds
+
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7] and parse_seeds("1000-1001") == [1000, 1001]
+    with pytest.raises(SystemExit, match="cannot read"):
+        parse_seeds("0-x")
+    rows = pd.DataFrame({"control": [False, False, False, True, True], "kind": ["tint", "tint", "word", None, None],
+                         "correct": [True, False, True, True, False]})
+    table = kind_table(rows).set_index("kind")
+    assert table.loc["tint", "found / passed"] == 1 and table.loc["tint", "missed / false alarm"] == 1
+    assert table.loc["all planted", "challenges"] == 3 and table.loc["all planted", "found / passed"] == 2
+    assert table.loc["control", "found / passed"] == 1 and table.loc["control", "missed / false alarm"] == 1
