@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -242,6 +242,7 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
     from ..labeling import Vocabulary, labeler_embeddings, sandbox_vocabulary
     from ..mining.describe import distractor_labels
     from ..models import load_clip
+    from .views import relevant_latents
 
     start = time.perf_counter()
     cfg = config or DetectiveConfig()
@@ -252,7 +253,6 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
     feats = extract(clip, test, cache_dir, progress=progress)
     x = feats.read()
     labels = np.asarray(test.labels())
-    logits = torch.as_tensor(challenge.logits(x, head))
 
     # 1. Eq. 8 on the classifier's logits.
     mined = mine_classifier(challenge, sae, clip, cache_dir, cfg.mining, progress=progress)
@@ -290,8 +290,6 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
     for c, out_rows in mined.outsiders.items():
         if len(out_rows) == 0:
             continue
-        from .views import relevant_latents
-
         top = relevant_latents(challenge, sae, clip, x, names[c], rows=out_rows, n=cfg.n_relevant)
         for j in top["latent"]:
             for label, _ in table["top_labels"].get(int(j), []):
@@ -320,6 +318,7 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
     pick = np.sort(np.random.default_rng([challenge.seed, 0xED]).choice(
         edit_rows, min(cfg.n_edit, len(edit_rows)), replace=False))
     x_o = x[torch.as_tensor(pick)]
+    acts_o = _dense(sae, x_o)   # the unedited activations, shared by every edit
     y_pick = labels[pick]
     order = cands.dropna(subset=["edit"]).sort_values("mean_z", ascending=False, kind="stable", na_position="last")
     edits = list(dict.fromkeys(order["edit"]))[: cfg.max_checks]
@@ -339,8 +338,7 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
         spread = torch.stack([mean_rise(torch.log_softmax(target_outputs(x_e, head, b), 1)
                                         - torch.log_softmax(target_outputs(x_o, head, b), 1)) for b in boots])
         z_rise = (mean_rise(rise[0]) - spread.mean(0)) / spread.std(0).clamp_min(1e-6)
-        with torch.no_grad():
-            gain = (_dense(sae, x_e) - _dense(sae, x_o)).mean(0)
+        gain = (_dense(sae, x_e) - acts_o).mean(0)
         per_edit[edit] = {"dlogp": paired, "flip": flip, "gain": gain, "z": z_rise}
     effects: dict[tuple[str, tuple[str, str]], dict] = {}
     for cls, edit in order[["class", "edit"]].itertuples(index=False):
@@ -395,6 +393,3 @@ def investigate(challenge: Challenge, sae: Any, *, clip: Any = None, labeler: An
         verdict = f"{found['class']} relies on {kind}={value}"
     return Investigation(suspects, verdict, found, flagged, time.perf_counter() - start)
 
-
-def config_dict(cfg: DetectiveConfig) -> dict:
-    return asdict(cfg)

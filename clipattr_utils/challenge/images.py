@@ -19,7 +19,6 @@ import pandas as pd
 from PIL import Image
 
 from ..data import ImageSet
-from ..sandbox.render import BACKGROUNDS, COLOURS
 from ..sandbox.world import CLASSNAMES, TINT_RANGE, ObjectRecipe, SandboxImageSet, make_dataset
 from .spec import SHORTCUT_KINDS, Shortcut
 
@@ -172,5 +171,4 @@ class PublicImages(ImageSet):
         return f"PublicImages({len(self)} images, {len(self.classnames)} classes)"
 
 
-__all__ = ["EDIT_TINT", "carries", "with_value", "confounded_training_set", "test_set", "PublicImages",
-           "BACKGROUNDS", "COLOURS"]
+__all__ = ["EDIT_TINT", "carries", "with_value", "confounded_training_set", "test_set", "PublicImages"]
