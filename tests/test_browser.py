@@ -104,6 +104,30 @@ def _accept_kernel_dialog(page, wait_s: float = 3.0) -> None:
     dialog.wait_for(state="detached")
 
 
+def _open_notebook(page, lab, name: str) -> None:
+    """Open ``name`` in JupyterLab and wait until its (pre-started) kernel is idle."""
+    page.goto(lab.url(name))
+    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
+    _accept_kernel_dialog(page)
+    page.wait_for_function(
+        "() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle'")
+
+
+def _run_all_cells(page) -> list[str]:
+    """Run > Run All Cells, as a user does; returns the input prompts once every cell ran."""
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells$")).click()
+
+    def finished():
+        if page.locator(".jp-Dialog").count():
+            raise AssertionError(f"JupyterLab asks: {page.locator('.jp-Dialog').first.inner_text()}")
+        prompts = page.evaluate(JS_PROMPTS)
+        started = any(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
+        return prompts if started and not any("*" in p for p in prompts) else None
+
+    return _wait_for(finished, RUN_ALL_TIMEOUT_S, "Run All Cells to finish", interval=1.0)
+
+
 def _assert_drawn(output, when: str) -> None:
     """The view's image grid is a drawn figure, not a blank PNG (the live view once showed an
     empty image while the drawn one went elsewhere)."""
@@ -164,26 +188,10 @@ def test_notebook_02_runs_in_jupyterlab_and_the_tau_align_slider_updates_the_hid
         with chromium(pw, exe) as page:
             page.set_default_timeout(60_000)
             try:
-                page.goto(lab.url(copy.name))
-                page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
-                _accept_kernel_dialog(page)
-                page.wait_for_function(
-                    "() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle'")
+                _open_notebook(page, lab, copy.name)
                 print(f"notebook open, kernel idle after {time.monotonic() - t0:.0f} s")
-
-                # Run > Run All Cells, as a user does.
-                page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
-                page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells$")).click()
                 t_run = time.monotonic()
-
-                def finished():
-                    if page.locator(".jp-Dialog").count():
-                        raise AssertionError(f"JupyterLab asks: {page.locator('.jp-Dialog').first.inner_text()}")
-                    prompts = page.evaluate(JS_PROMPTS)
-                    started = any(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
-                    return prompts if started and not any("*" in p for p in prompts) else None
-
-                prompts = _wait_for(finished, RUN_ALL_TIMEOUT_S, "Run All Cells to finish", interval=1.0)
+                prompts = _run_all_cells(page)
                 errors = page.evaluate(JS_ERRORS)
                 assert not errors and len(prompts) == n_code and all(re.fullmatch(r"\[\d+\]:", p) for p in prompts), \
                     f"the notebook did not run through (prompts {prompts}):\n" + "\n".join(errors)[-3000:]
@@ -355,22 +363,8 @@ def test_notebook_06_answer_box_checks_a_guess_and_reveals_the_answer(browser_en
         with chromium(pw, exe) as page:
             page.set_default_timeout(60_000)
             try:
-                page.goto(lab.url(copy.name))
-                page.locator(".jp-Notebook .jp-CodeCell").first.wait_for()
-                _accept_kernel_dialog(page)
-                page.wait_for_function(
-                    "() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status === 'idle'")
-                page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
-                page.locator(".lm-Menu-item", has_text=re.compile(r"^Run All Cells$")).click()
-
-                def finished():
-                    if page.locator(".jp-Dialog").count():
-                        raise AssertionError(f"JupyterLab asks: {page.locator('.jp-Dialog').first.inner_text()}")
-                    prompts = page.evaluate(JS_PROMPTS)
-                    started = any(re.fullmatch(r"\[\d+\]:", p) for p in prompts)
-                    return prompts if started and not any("*" in p for p in prompts) else None
-
-                _wait_for(finished, RUN_ALL_TIMEOUT_S, "Run All Cells to finish", interval=1.0)
+                _open_notebook(page, lab, copy.name)
+                _run_all_cells(page)
                 errors = page.evaluate(JS_ERRORS)
                 assert not errors, "\n".join(errors)[-3000:]
 
