@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.clipattr-installed
 PRESET ?= sandbox
 
-.PHONY: demo test install browser benchmarks clean
+.PHONY: demo test test-e2e test-all install browser benchmarks clean
 
 install: $(STAMP)
 
@@ -27,8 +27,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m clipattr_utils.series --preset $(PRESET) $(if $(ONLY),--only $(ONLY)) $(if $(CACHE_DIR),--cache-dir $(CACHE_DIR))
 
-test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+# make test: every test but the end-to-end ones, in two pytest-xdist workers (TEST_WORKERS=n to
+# change), the ten slowest printed at the end. make test-e2e: the sandbox-fast series run end to
+# end and the real-browser tests (marked e2e / browser). make test-all: both; .ci/run runs both.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=10
+E2E    := e2e or browser
+
+test: $(STAMP)
+	$(PYTEST) -m "not ($(E2E))"
+
+test-e2e: $(STAMP) browser
+	$(PYTEST) -m "$(E2E)"
+
+test-all: test test-e2e
 
 # The real-browser tests (tests/test_browser.py) drive Debian's Chromium through Playwright
 # (installed with the dev extra). Install chromium when it is missing and apt-get can run as

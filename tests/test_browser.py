@@ -44,10 +44,13 @@ def browser_env():
     return require_chromium_and_playwright()
 
 
+# Tests A and C run their notebooks on the session's shared feature cache (conftest.py), with
+# the sizes of tests/test_notebook_02.py and test_notebook_06.py. B runs the series runner,
+# which holds a lock on its cache while it runs, so it gets a cache of its own: on the shared
+# one it could be refused while the series test runs on another worker.
 @pytest.fixture(scope="module")
-def feature_cache(tmp_path_factory):
-    """One feature cache for both tests (the same pool, SAE training images and calibration)."""
-    return tmp_path_factory.mktemp("browser-cache")
+def series_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("browser-series-cache")
 
 
 def _require_weights():
@@ -258,7 +261,7 @@ def test_notebook_02_runs_in_jupyterlab_and_the_tau_align_slider_updates_the_hid
 # --------------------------------------------------------------------------- B: index.html
 
 
-def test_run_index_html_shows_the_numbers_and_images(browser_env, feature_cache, tmp_path):
+def test_run_index_html_shows_the_numbers_and_images(browser_env, series_cache, tmp_path):
     _require_weights()
     pw, exe = browser_env
     clear_artifacts("browser-index*.png")
@@ -272,7 +275,7 @@ def test_run_index_html_shows_the_numbers_and_images(browser_env, feature_cache,
     # A run folder with notebook 02 only, by the series runner, from a small preset file.
     preset = tmp_path / "browser-small.yaml"
     preset.write_text("notebooks: [\"02\"]\n\"02\":\n" + "".join(f"  {k}: {v}\n" for k, v in SMALL_02.items()))
-    run = run_series(preset, out=tmp_path / "run", cache_dir=feature_cache)
+    run = run_series(preset, out=tmp_path / "run", cache_dir=series_cache)
     status = json.loads((run / "series.json").read_text())["notebooks"]
     assert [r["status"] for r in status] == ["ok"], f"notebook 02 did not run: {status}"
     index = write_index(run)

@@ -29,16 +29,17 @@ def test_missing_shared_data_skips_for_users_and_fails_in_ci(tmp_path, monkeypat
 
 
 def test_ci_entry_point_exports_ci_and_runs_make_test(tmp_path):
-    """.ci/run with a stand-in `make` on PATH: it must call `make test` with CI=true."""
+    """.ci/run with a stand-in `make` on PATH: it must call `make test` with CI=true, then
+    `make test-e2e` (the end-to-end and browser tests that `make test` leaves out)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "make"
-    fake.write_text(f'#!/bin/sh\necho "CI=$CI args=$*" > {tmp_path / "called"}\n')
+    fake.write_text(f'#!/bin/sh\necho "CI=$CI args=$*" >> {tmp_path / "called"}\n')
     fake.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env.pop("CI", None)
     subprocess.run(["bash", str(REPO / ".ci" / "run")], env=env, check=True, timeout=60)
-    assert (tmp_path / "called").read_text().strip() == "CI=true args=test"
+    assert (tmp_path / "called").read_text().splitlines() == ["CI=true args=test", "CI=true args=test-e2e"]
 
 
 def test_imagenet_folder_on_real_photos(imagenet_sample):

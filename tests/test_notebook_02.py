@@ -14,14 +14,14 @@ from _notebooks import LABELER_WEIGHTS, require_weights, run_notebook
 
 
 @pytest.mark.slow
-def test_notebook_02_runs_and_its_files_match_a_recomputation(tmp_path):
+def test_notebook_02_runs_and_its_files_match_a_recomputation(tmp_path, feature_cache):
     require_weights(LABELER_WEIGHTS)
     import clipattr_utils as ca
     from clipattr_utils.labeling.pool import rebuild_sandbox_pool
 
     out = tmp_path / "out"
     params = dict(n_pool=600, n_calibration=300, n_train=600, sae_d_sae=128, sae_k=8, sae_epochs=3, n_top=30,
-                  min_count=5, tau_act=1.0, seed=1, cache_dir=str(tmp_path / "cache"), out_dir=str(out))
+                  min_count=5, tau_act=1.0, seed=1, cache_dir=str(feature_cache), out_dir=str(out))
     run_notebook("02_labeling", tmp_path, **params)
     for name in ("latents.csv", "top_samples.csv", "pool.json", "vocabulary.csv", "diversity.json",
                  "ground_truth.json"):
@@ -38,7 +38,7 @@ def test_notebook_02_runs_and_its_files_match_a_recomputation(tmp_path):
     spec = json.loads((out / "pool.json").read_text())
     pool = rebuild_sandbox_pool(spec["kwargs"])
     clip = ca.load_clip("sandbox")
-    x = ca.extract(clip, pool, tmp_path / "cache", progress=False).read().double()
+    x = ca.extract(clip, pool, feature_cache, progress=False).read().double()
     sae = ca.TopKSAE.load(out / "sae", d_in=clip.head.d_pre)
     W_enc, b_enc, b_dec = (t.detach().double() for t in (sae.W_enc, sae.b_enc, sae.b_dec))
     pre = torch.relu((x - b_dec) @ W_enc + b_enc)

@@ -12,14 +12,14 @@ from _notebooks import LABELER_WEIGHTS, SANDBOX_WEIGHTS, require_weights, run_no
 
 
 @pytest.mark.slow
-def test_notebook_06_runs_a_challenge_and_writes_its_files(tmp_path):
+def test_notebook_06_runs_a_challenge_and_writes_its_files(tmp_path, feature_cache):
     require_weights(SANDBOX_WEIGHTS)
     require_weights(LABELER_WEIGHTS)
     import nbformat
 
     from clipattr_utils import challenge as ch
 
-    out, cache = tmp_path / "out", tmp_path / "cache"
+    out, cache = tmp_path / "out", feature_cache
     answer = ch.spec.draw(0)
     executed = run_notebook("06_find_the_shortcut", tmp_path, challenge_seed=0, n_per_class=60, n_test=960,
                             sae_n_train=2000, sae_epochs=5, out_dir=str(out), cache_dir=str(cache), guess_class=answer.target,

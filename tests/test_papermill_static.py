@@ -107,12 +107,12 @@ def _widget_cells(nb: dict, calls: tuple[str, ...]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_plain_papermill_cli_renders_widgets_statically(tmp_path):
+def test_plain_papermill_cli_renders_widgets_statically(tmp_path, feature_cache):
     """``papermill`` with no CLIPATTR_STATIC: 02's threshold view and component browser and 04's
     review view show tables and figures, not widgets, and both notebooks finish in time."""
     require_weights(SANDBOX_WEIGHTS)
     require_weights(LABELER_WEIGHTS)
-    cache = tmp_path / "cache"
+    cache = feature_cache  # 02 with the sizes of its own test: the features are shared
     runs = {
         "02_labeling": (dict(n_pool=600, n_calibration=300, n_train=600, sae_d_sae=128, sae_k=8, sae_epochs=3,
                              n_top=30, min_count=5, tau_act=1.0, seed=1),

@@ -162,13 +162,16 @@ def test_only_runs_a_subset_with_the_whole_preset_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_sandbox_fast_preset_executes_every_notebook_into_one_run(tmp_path):
+@pytest.mark.e2e
+def test_sandbox_fast_preset_executes_every_notebook_into_one_run(tmp_path, feature_cache):
     """CI executes the real series with the CI preset (execution only; each notebook's own test
     checks its numbers): all six notebooks complete, and the run folder holds what `make demo`
     promises — executed notebooks, their HTML exports, index.html and the atlas."""
     if not (series.REPO / "data" / "sandbox" / "sandbox.safetensors").is_file():
         pytest.skip("sandbox model weights do not exist yet")
-    out = series.run_series("sandbox-fast", out=tmp_path / "run", cache_dir=tmp_path / "cache")
+    # The session's shared cache: 06 here has the sizes of tests/test_notebook_06.py. No other
+    # test runs the series runner on it (the runner locks its cache while it runs).
+    out = series.run_series("sandbox-fast", out=tmp_path / "run", cache_dir=feature_cache)
     status = {r.number: r.status for r in series.run_status(out)}
     assert status == {n: "ok" for n in ("00", "01", "02", "03", "04", "05", "06")}, series.run_failed(out)
     for nb in sorted(series.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
