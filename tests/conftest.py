@@ -22,8 +22,9 @@ from _tiny import tiny_clip  # noqa: E402
 
 IMAGENET_SAMPLE = REPO.parent / "shared" / "imagenet-sample" / "val"
 
-# Notebooks executed by the tests (papermill) render widgets statically, as batch runs do.
-os.environ.setdefault("CLIPATTR_STATIC", "1")
+# No CLIPATTR_STATIC here: every notebook the tests run through papermill must find out by
+# itself that it runs without a frontend (clipattr_utils.widgets.batch_client), as a user's
+# plain `papermill` run does.
 
 
 def in_ci() -> bool:

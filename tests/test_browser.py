@@ -181,7 +181,7 @@ def test_notebook_02_runs_in_jupyterlab_and_the_tau_align_slider_updates_the_hid
     n_code = sum(c["cell_type"] == "code" for c in json.loads(copy.read_text())["cells"])
 
     t0 = time.monotonic()
-    # CLIPATTR_STATIC (set by conftest for papermill runs) is kept out of the server's and the
+    # CLIPATTR_STATIC (should a user's shell set it) is kept out of the server's and the
     # kernel's environment: the browser must get live widgets.
     with jupyter_lab(root, work) as lab:
         argv0 = lab.api("kernelspecs")["kernelspecs"]["python3"]["spec"]["argv"][0]

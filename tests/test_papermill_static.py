@@ -4,7 +4,7 @@ sees that its client (nbclient) has no frontend. (tqdm's progress bars are not v
 ``tqdm.auto`` still draws them as widgets in any kernel.)
 
 The unit tests drive `widgets.batch_client` / `interactive_default` with stand-in kernels; the slow
-test runs notebooks 02 and 04 with the plain ``papermill`` command (a subprocess whose environment
+test runs notebooks 02, 04 and 06 with the plain ``papermill`` command (a subprocess whose environment
 has no ``CLIPATTR_STATIC``) under a timeout and checks that the widget cells left static output.
 """
 
@@ -108,8 +108,9 @@ def _widget_cells(nb: dict, calls: tuple[str, ...]) -> list[dict]:
 
 @pytest.mark.slow
 def test_plain_papermill_cli_renders_widgets_statically(tmp_path, feature_cache):
-    """``papermill`` with no CLIPATTR_STATIC: 02's threshold view and component browser and 04's
-    review view show tables and figures, not widgets, and both notebooks finish in time."""
+    """``papermill`` with no CLIPATTR_STATIC: 02's threshold view and component browser, 04's
+    review view and 06's answer box show tables, figures or text, not widgets, and the three
+    notebooks finish in time."""
     require_weights(SANDBOX_WEIGHTS)
     require_weights(LABELER_WEIGHTS)
     cache = feature_cache  # 02 with the sizes of its own test: the features are shared
@@ -120,6 +121,10 @@ def test_plain_papermill_cli_renders_widgets_statically(tmp_path, feature_cache)
         "04_failure_mining": (dict(n_pool=800, n_probe=300, n_train=600, sae_d_sae=128, sae_k=8, sae_epochs=2,
                                    min_count=3, seed=3),
                               ("review.show(",)),
+        # 06 with the sizes of tests/test_notebook_06.py (its features are in the shared cache).
+        "06_find_the_shortcut": (dict(challenge_seed=0, n_per_class=60, n_test=960, sae_n_train=2000, sae_epochs=5,
+                                      run_detective=False),
+                                 ("box.show(",)),
     }
     for stem, (params, calls) in runs.items():
         params = {**params, "cache_dir": str(cache), "out_dir": str(tmp_path / stem)}
@@ -129,6 +134,7 @@ def test_plain_papermill_cli_renders_widgets_statically(tmp_path, feature_cache)
         assert len(cells) == len(calls), f"{stem}: the widget cells ({calls}) were not found"
         for cell in cells:
             shown = {m for o in cell["outputs"] for m in o.get("data", {})}
+            shown |= {"text/plain" for o in cell["outputs"] if o.get("output_type") == "stream" and o.get("text")}
             assert WIDGET_MIME not in shown, \
                 f"{stem}: {''.join(cell['source'])[:60]!r} displayed a live widget under papermill"
             assert shown & {"text/html", "image/png", "text/plain"}, \
