@@ -570,3 +570,53 @@ def test_no_warnings_on_clean_loads(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         TopKSAE.load(tmp_path / "a")
+
+
+# ------------------------------------------------------------------ issue 27 (a)-(c): reader edge cases
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_unit_rows_do_not_warn_but_a_real_misnorm_does(tmp_path, dtype):
+    """Unit-norm decoder rows stored in bf16/fp16 are off by the dtype's rounding; that is not the
+    'not unit norm' of Eq. 9 (the old 1e-3 tolerance fired on bf16). Rows at norm 1.05 still warn."""
+    w = _weights(d_sae=256)
+    stored = {k: v.to(dtype) for k, v in w.items()}
+    rounding = (stored["W_dec"].float().norm(dim=1) - 1).abs().max().item()
+    if dtype == torch.bfloat16:
+        assert rounding > 1e-3  # what made the old check fire
+    folder = _write_saelens(tmp_path / "half", _saelens_v6_cfg(d_sae=256, dtype=str(dtype).split(".")[1]), stored)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sae = TopKSAE.load(folder, d_in=D_IN)
+    assert sae.W_dec.dtype == torch.float32 and torch.equal(sae.W_dec, stored["W_dec"].float())
+    stored["W_dec"] = (1.05 * w["W_dec"]).to(dtype)
+    _write_saelens(tmp_path / "off", _saelens_v6_cfg(d_sae=256), stored)
+    with pytest.warns(UserWarning, match="not unit norm"):
+        TopKSAE.load(tmp_path / "off", d_in=D_IN)
+
+
+def test_saelens_unknown_switched_on_key_is_refused_like_sparsify(tmp_path):
+    """An option the SAELens reader does not know, set to true, is refused by name (the sparsify
+    reader does the same); the same key set to false loads; an unknown string is only warned about."""
+    w = _weights()
+    with pytest.raises(FormatError, match=r"use_error_term=true .*this reader does not know"):
+        TopKSAE.load(_write_saelens(tmp_path / "on", _saelens_v6_cfg(use_error_term=True), w), d_in=D_IN)
+    with pytest.raises(FormatError, match="unknown to this reader"):
+        TopKSAE.load(_write_sparsify(tmp_path / "sp", {**SPARSIFY_CFGS["sae-0.1"], "use_error_term": True}, w))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TopKSAE.load(_write_saelens(tmp_path / "off", _saelens_v6_cfg(use_error_term=False), w), d_in=D_IN)
+    with pytest.warns(UserWarning, match=r"\['hf_repo'\] are unknown"):
+        TopKSAE.load(_write_saelens(tmp_path / "str", _saelens_v6_cfg(hf_repo="someone/sae"), w), d_in=D_IN)
+
+
+def test_sparsify_root_with_only_hookpoint_folders_lists_them(tmp_path):
+    """TopKSAE.load on a sparsify checkpoint root (one folder per hookpoint) names those folders and
+    says how to pick one, instead of "Files found: none"."""
+    w = _weights(seed=2)
+    for layer in (10, 11):
+        _write_sparsify(tmp_path / f"layers.{layer}", SPARSIFY_CFGS["sae-0.1"], w)
+    (tmp_path / "notes").mkdir()  # a folder without a config is not offered
+    with pytest.raises(UnknownLayoutError, match=r"\['layers\.10', 'layers\.11'\]; pick one with subfolder=") as err:
+        TopKSAE.load(tmp_path)
+    assert "notes" not in str(err.value) and f"subfolder='layers.10'" in str(err.value)
+    assert TopKSAE.load(tmp_path, subfolder="layers.10").d_sae == D_SAE

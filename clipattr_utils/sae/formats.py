@@ -200,17 +200,38 @@ def detect_layout(folder: Path, weights_hint: str | None = None) -> tuple[str, P
     if not found:
         raise UnknownLayoutError(
             f"TopKSAE.load: {folder} holds no SAE layout this package reads. Files found: "
-            f"{sorted(files) or 'none'}{f' (asked for {weights_hint})' if weights_hint else ''}. Known layouts:\n"
-            f"{listing}")
+            f"{sorted(files) or 'none'}{f' (asked for {weights_hint})' if weights_hint else ''}."
+            f"{_subfolder_hint(folder)} Known layouts:\n{listing}")
     raise FormatError(f"TopKSAE.load: {folder} matches several layouts {[name for name, _ in found]} "
                       f"(files {sorted(files)}); pass the weights file to load, e.g. "
                       f"TopKSAE.load('{found[0][1]}')")
 
 
-def warn_unit_norm(sae: TopKSAE, where: Path | None) -> None:
-    """The paper's Eq. 9 assumes ||v_j|| = 1; say so when a checkpoint's decoder rows are not."""
+def _subfolder_hint(folder: Path, shown: int = 8) -> str:
+    """For a checkpoint root (sparsify keeps one folder per hookpoint, ``layers.N/``): its subfolders
+    that hold an SAE config, and how to pick one; "" when there are none."""
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CFG_JSON).is_file())
+    if not subs:
+        return ""
+    listed = subs[:shown] + ([f"... {len(subs) - shown} more"] if len(subs) > shown else [])
+    return (f" Its subfolders with a {CFG_JSON}: {listed}; pick one with subfolder=, e.g. "
+            f"TopKSAE.load('{folder}', subfolder='{subs[0]}').")
+
+
+def unit_norm_tolerance(stored_dtype: torch.dtype | None = None) -> float:
+    """How far ||v_j|| may be from 1 before `warn_unit_norm` speaks: 1e-3, or four machine epsilons
+    of the dtype the checkpoint stored W_dec in when that is coarser (bf16 rounds a unit row to a
+    norm up to 2^-8 away from 1, fp16 2^-11; rows normalised in half precision drift a few more)."""
+    if stored_dtype is None or not stored_dtype.is_floating_point:
+        return 1e-3
+    return max(1e-3, 4 * torch.finfo(stored_dtype).eps)
+
+
+def warn_unit_norm(sae: TopKSAE, where: Path | None, stored_dtype: torch.dtype | None = None) -> None:
+    """The paper's Eq. 9 assumes ||v_j|| = 1; say so when a checkpoint's decoder rows are not (beyond
+    the rounding of ``stored_dtype``, the dtype W_dec had in the file)."""
     norms = sae.decoder_norms()
-    if (norms - 1).abs().max() > 1e-3:
+    if (norms - 1).abs().max() > unit_norm_tolerance(stored_dtype):
         warnings.warn(f"TopKSAE.load: decoder rows in {where} are not unit norm (range "
                       f"{norms.min():.4f}..{norms.max():.4f}); the paper's Eq. 9 assumes ||v_j|| = 1", stacklevel=3)
 

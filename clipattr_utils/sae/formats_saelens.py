@@ -53,7 +53,9 @@ from .model import TopKSAE
 # metadata, top-level k), so SAELens >= 6 reads it without its pre-6.0 migration. The file is
 # written by this package; metadata.exported_by says so.
 SAELENS_SCHEMA_VERSION = "6.0.0"
-# Keys known to be provenance or training-only (anything else unknown gets a warning).
+# Keys known to be provenance or training-only. Any other key: refused when it is `true` (an option
+# switched on), accepted when false-like (as sparsify's reader does), otherwise a warning
+# (provenance of other SAELens versions).
 _INFO_KEYS = {
     "d_in", "d_sae", "dtype", "device", "metadata", "model_name", "hook_name", "hook_point", "hook_layer",
     "hook_point_layer", "hook_head_index", "hook_point_head_index", "model_class_name",
@@ -140,7 +142,14 @@ def read_saelens(folder: Path, weights_path: Path | None = None) -> SAEParts:
     _refuse_unreproducible(cfg, cfg_path)
     d_in, d_sae = require_int(cfg, "d_in", cfg_path), require_int(cfg, "d_sae", cfg_path)
     unknown = sorted(set(cfg) - _INFO_KEYS)
-    if unknown:
+    switched_on = [key for key in unknown if cfg[key] is True]
+    if switched_on:  # an option this reader does not know, switched on: it may change the encoder
+        raise FormatError(f"{cfg_path}: {', '.join(f'{key}=true' for key in switched_on)} "
+                          f"{'is an option' if len(switched_on) == 1 else 'are options'} this reader does not "
+                          "know, switched on; it cannot tell whether TopKSAE reproduces it (set it to false if "
+                          "it does not change the encoder or decoder)")
+    unknown = [key for key in unknown if not falsy(cfg[key])]  # switched off: nothing to reproduce
+    if unknown:  # provenance and training settings of other SAELens versions (strings, numbers)
         shown = unknown[:10] + ([f"... {len(unknown) - 10} more"] if len(unknown) > 10 else [])
         warnings.warn(f"{cfg_path}: keys {shown} are unknown to this reader and were ignored; check they do not "
                       "change the encoder", stacklevel=3)

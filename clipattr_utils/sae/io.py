@@ -195,9 +195,10 @@ def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfol
         raise ValueError(f"TopKSAE.load: the SAE in {folder} was trained on features of width d_in={parts.d_in} "
                          f"(W_dec shape ({parts.d_sae}, {parts.d_in})), but the features here have width "
                          f"d_in={d_in} (shape (N, {d_in}))")
+    stored_dtype = parts.tensors["W_dec"].dtype
     sae = build_sae(parts)
     sae.meta.setdefault("source", str(path_or_repo) + (f"/{subfolder}" if subfolder else ""))
-    warn_unit_norm(sae, parts.weights_path)
+    warn_unit_norm(sae, parts.weights_path, stored_dtype)
     if clip is not None:
         check_compatible(sae, clip)
     return sae.to(device)
