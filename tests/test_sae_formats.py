@@ -620,3 +620,31 @@ def test_sparsify_root_with_only_hookpoint_folders_lists_them(tmp_path):
         TopKSAE.load(tmp_path)
     assert "notes" not in str(err.value) and f"subfolder='layers.10'" in str(err.value)
     assert TopKSAE.load(tmp_path, subfolder="layers.10").d_sae == D_SAE
+
+
+def _write_saev(path, d_vit=D_IN, exp_factor=2):
+    """What saev.nn.dump writes: its config as one JSON line, then torch.save of the state dict."""
+    cfg = {"d_vit": d_vit, "exp_factor": exp_factor, "sparsity_coeff": 4e-4, "n_reinit_samples": 524288,
+           "ghost_grads": False, "remove_parallel_grads": True, "normalize_w_dec": True, "seed": 0}
+    d_sae = d_vit * exp_factor
+    state = {"W_enc": torch.randn(d_vit, d_sae), "b_enc": torch.zeros(d_sae), "W_dec": torch.randn(d_sae, d_vit),
+             "b_dec": torch.zeros(d_vit)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fd:
+        fd.write((json.dumps(cfg) + "\n").encode("utf-8"))
+        torch.save(state, fd)
+    return path
+
+
+def test_saev_checkpoint_is_named_as_a_relu_sae_not_an_unknown_layout(tmp_path):
+    """(e) saev's sae.pt: the error says what it is (a ReLU SAE, no fixed k) and why it is not read."""
+    path = _write_saev(tmp_path / "saev" / "sae.pt")
+    for target in (path.parent, path):
+        with pytest.raises(FormatError, match=r"saev checkpoint .*ReLU SAEs with an L1 penalty .*6 x 2") as err:
+            TopKSAE.load(target)
+        assert not isinstance(err.value, UnknownLayoutError) and "exact top-k attribution" in str(err.value)
+    # A plain pickle with no JSON line is still an unknown layout, listing the known ones.
+    (tmp_path / "other").mkdir()
+    torch.save({"W": torch.zeros(2)}, tmp_path / "other" / "x.pt")
+    with pytest.raises(UnknownLayoutError, match="Known layouts"):
+        TopKSAE.load(tmp_path / "other")

@@ -198,6 +198,7 @@ def detect_layout(folder: Path, weights_hint: str | None = None) -> tuple[str, P
         return found[0]
     listing = "\n".join(f"  - {name}: {desc}" for name, desc in LAYOUTS.items())
     if not found:
+        _refuse_saev(folder, [weights_hint] if weights_hint in files else sorted(files))
         raise UnknownLayoutError(
             f"TopKSAE.load: {folder} holds no SAE layout this package reads. Files found: "
             f"{sorted(files) or 'none'}{f' (asked for {weights_hint})' if weights_hint else ''}."
@@ -205,6 +206,27 @@ def detect_layout(folder: Path, weights_hint: str | None = None) -> tuple[str, P
     raise FormatError(f"TopKSAE.load: {folder} matches several layouts {[name for name, _ in found]} "
                       f"(files {sorted(files)}); pass the weights file to load, e.g. "
                       f"TopKSAE.load('{found[0][1]}')")
+
+
+def _refuse_saev(folder: Path, names: list[str]) -> None:
+    """saev (``saev.nn.dump``) writes one ``*.pt`` file: a JSON line with its config, then a
+    ``torch.save`` state dict. Its SAE is a ReLU SAE with an L1 penalty: every latent with a
+    positive pre-activation is active, no fixed k. Say that, instead of "unknown layout"."""
+    for name in names:
+        if not name.endswith((".pt", ".pth")):
+            continue
+        with open(folder / name, "rb") as fd:
+            first = fd.readline(1 << 16)
+        try:
+            cfg = json.loads(first.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(cfg, dict):
+            raise FormatError(
+                f"{folder / name}: a saev checkpoint (a JSON config line {sorted(cfg)} before a torch state "
+                f"dict). saev trains ReLU SAEs with an L1 penalty (d_sae = d_vit x exp_factor = "
+                f"{cfg.get('d_vit', '?')} x {cfg.get('exp_factor', '?')}): any number of latents is active, so "
+                "this package's top-k SAE, and the exact top-k attribution built on it, does not reproduce it")
 
 
 def _subfolder_hint(folder: Path, shown: int = 8) -> str:
