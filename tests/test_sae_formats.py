@@ -551,12 +551,15 @@ def test_hub_download_fetches_every_layouts_files(tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files",
+                        lambda repo_id, revision=None: [".gitattributes", "README.md", "config.json", "weights.pt"])
     monkeypatch.chdir(tmp_path)
     sae = TopKSAE.load("Prisma-Multimodal/sae-top_k-64-cls_only-layer_11-hook_resid_post")
     assert sae.meta["layer"] == 11
     assert sae.meta["source"] == "Prisma-Multimodal/sae-top_k-64-cls_only-layer_11-hook_resid_post"
+    assert calls == [["config.json", "weights.pt"]]
     for name in ("sae.safetensors", "cfg.json", "sae_weights.safetensors", "config.json", "*.pt"):
-        assert name in calls[0]
+        assert name in sae_io.HUB_PATTERNS
 
 
 def test_storage_writers_are_the_shared_ones():
@@ -648,3 +651,71 @@ def test_saev_checkpoint_is_named_as_a_relu_sae_not_an_unknown_layout(tmp_path):
     torch.save({"W": torch.zeros(2)}, tmp_path / "other" / "x.pt")
     with pytest.raises(UnknownLayoutError, match="Known layouts"):
         TopKSAE.load(tmp_path / "other")
+
+
+
+def _fake_hub(monkeypatch, snap, listing):
+    """huggingface_hub's listing and download, served from the local folder ``snap``: a download
+    copies only the files that ``allow_patterns`` matches (fnmatch, as huggingface_hub does)."""
+    import shutil
+    from fnmatch import fnmatch
+
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, allow_patterns))
+        out = snap.parent / f"download-{len(calls)}"
+        for path in snap.rglob("*"):
+            rel = path.relative_to(snap).as_posix()
+            if path.is_file() and any(fnmatch(rel, p) for p in allow_patterns):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, out / rel)
+        out.mkdir(exist_ok=True)
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, revision=None: list(listing))
+    return calls
+
+
+def test_hub_prisma_repo_with_safetensors_weights_downloads_them(tmp_path, monkeypatch):
+    """(d) A Prisma-layout repo whose weights are a *.safetensors file: the download fetches it (the
+    old patterns fetched only config.json and *.pt, and the load then found no weights)."""
+    w = _weights()
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "config.json").write_text(json.dumps(_prisma_cfg()))
+    save_file({k: v.contiguous() for k, v in w.items()}, str(snap / "n_images_2600058.safetensors"))
+    calls = _fake_hub(monkeypatch, snap, ["README.md", "config.json", "n_images_2600058.safetensors"])
+    monkeypatch.chdir(tmp_path)
+    sae = TopKSAE.load("Prisma-Multimodal/some-sae")
+    assert calls == [("Prisma-Multimodal/some-sae", ["config.json", "n_images_2600058.safetensors"])]
+    assert torch.equal(sae.W_dec, w["W_dec"]) and sae.meta["layer"] == 11
+
+
+def test_hub_id_with_a_file_path_loads_that_file(tmp_path, monkeypatch):
+    """(d) "owner/repo/weights.pt" (and "owner/repo/sub/weights.pt") is a repo id plus the file to
+    use; the old id check refused it. Only that file and the configs beside it are downloaded."""
+    w, other = _weights(seed=0), _weights(seed=5)
+    snap = tmp_path / "snap"
+    _write_prisma(snap / "sub", _prisma_cfg(), w, name="weights.pt")
+    _write_prisma(snap / "sub", _prisma_cfg(), other, name="n_images_1.pt")
+    listing = ["README.md", "sub/config.json", "sub/weights.pt", "sub/n_images_1.pt", "other/sae.safetensors"]
+    calls = _fake_hub(monkeypatch, snap, listing)
+    monkeypatch.chdir(tmp_path)
+    sae = TopKSAE.load("Prisma-Multimodal/some-sae/sub/weights.pt")
+    assert calls == [("Prisma-Multimodal/some-sae", ["sub/config.json", "sub/weights.pt"])]
+    assert torch.equal(sae.W_dec, w["W_dec"])
+    sae = TopKSAE.load("Prisma-Multimodal/some-sae/n_images_1.pt", subfolder="sub")
+    assert torch.equal(sae.W_dec, other["W_dec"])
+
+
+def test_hub_root_without_files_names_its_subfolders(tmp_path, monkeypatch):
+    """A sparsify repo root (one folder per hookpoint) downloads nothing and says which subfolder= to pass."""
+    _fake_hub(monkeypatch, tmp_path, ["README.md", "layers.10/cfg.json", "layers.10/sae.safetensors",
+                                      "layers.11/cfg.json", "layers.11/sae.safetensors"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"holds no SAE config .*\['layers\.10', 'layers\.11'\].*subfolder='layers\.10'"):
+        TopKSAE.load("EleutherAI/sae-clip")

@@ -109,19 +109,24 @@ def test_hub_repo_id_goes_through_snapshot_download(tmp_path, monkeypatch):
         calls.append((repo_id, revision, allow_patterns))
         return str(tmp_path / "snap")
 
+    def fake_list_repo_files(repo_id, revision=None):  # the repo as the hub lists it
+        snap = tmp_path / "snap"
+        return sorted(p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()) + ["README.md"]
+
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", fake_list_repo_files)
     monkeypatch.chdir(tmp_path)  # the repo id must not exist as a local path
     back = TopKSAE.load("someone/clip-saes", subfolder="sandbox-L-1", revision="v1")
-    assert calls == [("someone/clip-saes", "v1", [f"sandbox-L-1/{name}" for name in sae_io.HUB_PATTERNS])]
+    assert calls == [("someone/clip-saes", "v1", ["sandbox-L-1/cfg.json", "sandbox-L-1/sae.safetensors"])]
     assert {"sandbox-L-1/sae.safetensors", "sandbox-L-1/cfg.json"} <= set(calls[0][2])
     assert torch.equal(back.W_dec, sae.W_dec)
 
     def failing(*args, **kwargs):
         raise OSError("offline")
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", failing)
     with pytest.raises(FileNotFoundError, match=r"someone/other.*Hugging Face Hub failed.*offline"):
         TopKSAE.load("someone/other")
 

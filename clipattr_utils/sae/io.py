@@ -49,13 +49,16 @@ FORMAT_VERSION = 1
 _ARCH_KEYS = ("architecture", "d_in", "d_sae", "k", "relu")
 _RESERVED = _ARCH_KEYS + ("format", "format_version", "dtype")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# What a hub download fetches (each prefixed with the subfolder when one is given): every
-# layout's config and weight names. "*.pt" covers Prisma's weights.pt and older n_images_*.pt.
-HUB_PATTERNS = (OUR_WEIGHTS, CFG_JSON, SAELENS_WEIGHTS, PRISMA_CONFIG, "*.pt", "*.pth")
+# "owner/repo/path/to/weights.pt": a repo id followed by a file inside it.
+_REPO_FILE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)/(?P<path>[\w./-]+\.(?:pt|pth|safetensors))$")
+# What a hub download fetches, among the files directly in the chosen folder of the repo (never
+# its subfolders: a sparsify repo holds one per hookpoint): every layout's config and weight names.
+# "*.pt" covers Prisma's weights.pt and n_images_*.pt, "*.safetensors" Prisma's safetensors weights.
+HUB_PATTERNS = (OUR_WEIGHTS, CFG_JSON, SAELENS_WEIGHTS, PRISMA_CONFIG, "*.pt", "*.pth", "*.safetensors")
 SAVE_FORMATS = ("clipattr", "saelens")
 
 __all__ = ["save_sae", "load_sae", "save_saelens", "check_compatible", "open_clip_identity", "resolve",
-           "detect_layout", "FormatError", "UnknownLayoutError", "LAYOUTS", "write_json_atomic",
+           "detect_layout", "hub_files", "FormatError", "UnknownLayoutError", "LAYOUTS", "write_json_atomic",
            "save_tensors_atomic", "WEIGHTS_NAME", "CONFIG_NAME", "FORMAT", "FORMAT_VERSION"]
 
 
@@ -142,17 +145,31 @@ def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revis
     if folder.is_dir():
         return (folder, hint) if with_hint else folder
     text = str(path_or_repo)
-    if not _REPO_ID.match(text):
-        raise FileNotFoundError(f"TopKSAE.load: {local} is not a folder (and {text!r} is not a Hugging Face repo id)")
+    repo_file = _REPO_FILE.match(text)
+    if repo_file:  # owner/repo/[folder/]weights.pt: the file's folder joins the subfolder
+        text, inner = repo_file["repo"], Path(repo_file["path"])
+        hint = inner.name
+        parent = "/".join(p for p in (subfolder, inner.parent.as_posix()) if p and p != ".")
+        subfolder = parent or None
+    elif _REPO_ID.match(text):
+        hint = None
+    else:
+        raise FileNotFoundError(f"TopKSAE.load: {local} is not a folder (and {text!r} is not a Hugging Face repo id "
+                                "'owner/repo' or 'owner/repo/path/to/weights.pt')")
     try:
-        from huggingface_hub import snapshot_download
+        import huggingface_hub
     except ImportError as err:  # pragma: no cover - huggingface_hub ships with open_clip
         raise ImportError(f"TopKSAE.load: {text!r} is not a local folder and huggingface_hub is not installed "
                           "to download it") from err
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
-    patterns = [prefix + name for name in HUB_PATTERNS]
     try:
-        root = Path(snapshot_download(text, revision=revision, allow_patterns=patterns))
+        listing = huggingface_hub.list_repo_files(text, revision=revision)
+        files = hub_files(listing, prefix, hint)
+        if not files:
+            raise FileNotFoundError(_hub_level_message(text, prefix, listing))
+        root = Path(huggingface_hub.snapshot_download(text, revision=revision, allow_patterns=files))
+    except FileNotFoundError:
+        raise
     except Exception as err:  # network, auth, missing repo: keep the cause, say what was tried
         raise FileNotFoundError(
             f"TopKSAE.load: {text!r} is not a local folder (looked in {local.resolve()}) and downloading it "
@@ -160,7 +177,28 @@ def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revis
     folder = root / subfolder if subfolder else root
     if not folder.is_dir():
         raise FileNotFoundError(f"TopKSAE.load: Hugging Face repo {text!r} has no folder {subfolder!r}")
-    return (folder, None) if with_hint else folder
+    return (folder, hint) if with_hint else folder
+
+
+def hub_files(listing: list[str], prefix: str = "", hint: str | None = None) -> list[str]:
+    """The files of a hub repo's ``listing`` to download for the folder ``prefix`` ("" or "sub/"):
+    those directly in it whose names a layout uses (:data:`HUB_PATTERNS`); with ``hint`` (the weights
+    file asked for), its configs and that file only."""
+    from fnmatch import fnmatch
+
+    level = [f for f in listing if f.startswith(prefix) and "/" not in f[len(prefix):]]
+    if hint is not None:
+        return [f for f in level if f[len(prefix):] in (hint, CFG_JSON, PRISMA_CONFIG)]
+    return [f for f in level if any(fnmatch(f[len(prefix):], pattern) for pattern in HUB_PATTERNS)]
+
+
+def _hub_level_message(repo: str, prefix: str, listing: list[str], shown: int = 8) -> str:
+    folders = sorted({f[len(prefix):].split("/")[0] for f in listing if f.startswith(prefix) and "/" in f[len(prefix):]})
+    where = f"folder {prefix.rstrip('/')!r} of " if prefix else ""
+    hint = (f"; its subfolders: {folders[:shown] + ([f'... {len(folders) - shown} more'] if len(folders) > shown else [])}"
+            f", pick one with subfolder=, e.g. TopKSAE.load({repo!r}, subfolder={prefix + folders[0]!r})"
+            if folders else "")
+    return f"TopKSAE.load: the {where}Hugging Face repo {repo!r} holds no SAE config or weights file{hint}"
 
 
 def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
