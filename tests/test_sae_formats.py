@@ -27,6 +27,7 @@ from clipattr_utils.sae.formats_saelens import save_saelens
 from clipattr_utils.sae.published import check_compatible, open_clip_identity
 
 D_IN, D_SAE, K = 6, 16, 3
+REPO = Path(__file__).resolve().parents[1]
 PRISMA_MODEL = "open-clip:laion/CLIP-ViT-B-32-DataComp.XL-s13B-b90K"
 
 
@@ -719,3 +720,30 @@ def test_hub_root_without_files_names_its_subfolders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"holds no SAE config .*\['layers\.10', 'layers\.11'\].*subfolder='layers\.10'"):
         TopKSAE.load("EleutherAI/sae-clip")
+
+
+def test_notebooks_check_a_given_sae_against_their_clip_and_catch_other_random_weights():
+    """Notebooks 02-04 check an SAE passed as sae_dir against the CLIP they load. Without it, a series
+    run with pretrained=None (random weights, drawn anew in each kernel) explained notebook 01's SAE
+    on another model's features (found by benchmarks/imagenet_rehearsal.py): same name, same tag
+    (None), different weights, which only the weights hash tells apart."""
+    import warnings as _w
+
+    from clipattr_utils.models import RandomWeightsWarning, load_clip
+
+    for stem in ("02_labeling", "03_faithfulness", "04_failure_mining"):
+        nb = json.loads((REPO / "notebooks" / f"{stem}.ipynb").read_text())
+        lines = [line for c in nb["cells"] if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()]
+        at = next(i for i, line in enumerate(lines) if "TopKSAE.load(sae_dir" in line)
+        assert "check_compatible(sae, clip" in lines[at + 1], f"{stem}: {lines[at:at + 2]}"
+    with _w.catch_warnings():
+        _w.simplefilter("ignore", RandomWeightsWarning)
+        torch.manual_seed(0)
+        clip_a = load_clip("ViT-S-32", None)
+        torch.manual_seed(1)
+        clip_b = load_clip("ViT-S-32", None)
+    sae = TopKSAE(int(clip_a.d_pre), 32, k=4)
+    sae.meta["trained_on"] = {"kind": "feature_cache", "model": dict(clip_a.identity), "layer": 11}
+    check_compatible(sae, clip_a, strict=False)
+    with pytest.raises(ValueError, match="visual_sha256 differs"):
+        check_compatible(sae, clip_b, strict=False)
