@@ -71,6 +71,27 @@ def test_vocabulary_brings_its_empty_prompt_and_expected_alignment():
         vocab.subset(["zz"])
 
 
+def test_expected_labels_outside_the_vocabulary_come_as_their_own_vocabulary():
+    """ImageNet-1k class names are not all among the 21k labels (found by benchmarks/imagenet_rehearsal.py:
+    notebook 02 stopped at "labels not in the vocabulary"). Expected labels embedded as a Vocabulary of
+    their own give the s_j of Eq. 2 computed by hand; a list with labels missing says what to do."""
+    import pandas as pd
+
+    T, e = F.normalize(_rand(6, 8, seed=4), dim=1), F.normalize(_rand(8, seed=5), dim=0)
+    vocab = Vocabulary(pd.DataFrame({"label": list("abcdef")}), T, e)
+    X = F.normalize(_rand(3, 8, seed=7), dim=1)  # three class names the vocabulary does not have
+    classes = Vocabulary(pd.DataFrame({"label": ["x", "y", "z"]}), X, e)
+    C = _rand(10, 8, seed=6)
+    ex = expected_alignment(C, vocab, classes)
+    s = alignment_scores(C, X, empty=e)
+    assert list(ex["expected_label"]) == [["x", "y", "z"][i] for i in s.argmax(1)]
+    np.testing.assert_allclose(ex["expected_alignment"], s.max(1).values.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(KeyError, match=r"2 expected labels are not in the vocabulary .*Vocabulary.build"):
+        expected_alignment(C, vocab, ["a", "x", "y"])
+    with pytest.raises(ValueError, match="not embedded like the vocabulary"):
+        expected_alignment(C, vocab, Vocabulary(pd.DataFrame({"label": ["x", "y", "z"]}), X, e, templates=("a {}",)))
+
+
 ALIGN_SCRIPT = textwrap.dedent("""
     import json, resource, sys, torch
     torch.set_num_threads(1)

@@ -143,12 +143,30 @@ def alignment_scores(component_emb: torch.Tensor, labels: Vocabulary | torch.Ten
     return s[0] if one else s
 
 
-def expected_alignment(component_emb: torch.Tensor, vocabulary: Vocabulary, expected_labels: Sequence[str], *,
-                       budget_bytes: int = DEFAULT_ALIGN_BYTES, progress: bool = False) -> pd.DataFrame:
+def expected_alignment(component_emb: torch.Tensor, vocabulary: Vocabulary,
+                       expected_labels: Sequence[str] | Vocabulary, *, budget_bytes: int = DEFAULT_ALIGN_BYTES,
+                       progress: bool = False) -> pd.DataFrame:
     """Per latent, the best of the EXPECTED labels (e.g. the class names) and its s_j (Eq. 2):
     a frame indexed by latent with ``expected_label`` and ``expected_alignment``, the quantity
-    Eq. 7 thresholds with tau_align."""
-    sub = vocabulary.subset(list(expected_labels))
+    Eq. 7 thresholds with tau_align.
+
+    ``expected_labels`` is a list of labels taken from ``vocabulary`` (the sandbox's object names),
+    or a :class:`Vocabulary` of their own: the ImageNet-1k class names are not all among the
+    21,843 ImageNet-21k names the paper labels with, so notebook 02 embeds them with the same
+    labeler and templates (:meth:`Vocabulary.build`)."""
+    if isinstance(expected_labels, Vocabulary):
+        sub = expected_labels
+        if sub.embeddings.shape[1] != vocabulary.embeddings.shape[1] or sub.templates != vocabulary.templates:
+            raise ValueError(f"expected_alignment: the expected labels {sub!r} were not embedded like the vocabulary "
+                             f"{vocabulary!r} (embedding width or templates differ)")
+    else:
+        labels = [str(x) for x in expected_labels]
+        missing = [lab for lab in labels if lab not in set(vocabulary.labels)]
+        if missing:
+            raise KeyError(f"expected_alignment: {len(missing)} expected labels are not in the vocabulary "
+                           f"({missing[:5]}{' ...' if len(missing) > 5 else ''}); pass them as a Vocabulary of their "
+                           "own: Vocabulary.build(labeler, labels, templates=vocabulary.templates)")
+        sub = vocabulary.subset(labels)
     al = align(component_emb, sub, top_m=1, budget_bytes=budget_bytes, progress=progress)
     names = np.asarray(sub.labels + [None], dtype=object)
     return pd.DataFrame({"expected_label": names[al.label_index.numpy()],

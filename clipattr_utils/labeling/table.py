@@ -33,7 +33,7 @@ TABLE_COLUMNS = ("latent", "label", "attribute", "value", "alignment", "clarity"
 
 def label_latents(top: TopSamples, component_emb: torch.Tensor | None, vocabulary: Vocabulary, *,
                   labeler_embeddings: Any = None, n_used: int = 20, min_count: int = 20, top_m: int = 5,
-                  expected_labels: Sequence[str] | None = None, budget_bytes: int = DEFAULT_ALIGN_BYTES,
+                  expected_labels: Sequence[str] | Vocabulary | None = None, budget_bytes: int = DEFAULT_ALIGN_BYTES,
                   progress: bool = True) -> pd.DataFrame:
     """One row per latent with ``count >= min_count``: its label (argmax of Eq. 2), scores and statistics.
 
@@ -46,7 +46,8 @@ def label_latents(top: TopSamples, component_emb: torch.Tensor | None, vocabular
         n_used: top samples per latent behind x_bar_j, clarity and polysemanticity (paper: 20).
         min_count: latents with fewer activations are left out (paper: 20).
         top_m: labels listed in ``top_labels``.
-        expected_labels: labels the explained model is expected to use (e.g. the class names);
+        expected_labels: labels the explained model is expected to use (e.g. the class names), from
+            ``vocabulary`` or as a `Vocabulary` of their own (same labeler and templates);
             adds ``expected_label`` / ``expected_alignment`` (best expected label and its s_j).
 
     Returns:
