@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/imagenet_rehearsal.py [--out runs/imagenet-rehearsal] [--train-per-class 2]
 
-What it checks (issue 24): the real path of notebooks 01-04 (open_clip ViT-B-32, the MobileCLIP-S2
+What it checks: the real path of notebooks 01-04 (open_clip ViT-B-32, the MobileCLIP-S2
 labeler, the 21,843 ImageNet-21k names, ImageNet folders with all 1000 wnids, the linear probe on
 val) runs through ``python -m clipattr_utils.series`` without ImageNet and without downloads, so a
 wrong path, a missing class or a shape only ImageNet has shows up here. The labels it produces are
