@@ -10,6 +10,7 @@ tests do; CLIPATTR_CHROMIUM names another binary).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,7 +25,10 @@ FIRST_SCREEN_LOADED = ("() => [...document.images].filter(i => i.getBoundingClie
 
 def main(run: Path) -> None:
     index = write_index(run)
-    executable = os.environ.get("CLIPATTR_CHROMIUM", "/usr/bin/chromium")
+    executable = os.environ.get("CLIPATTR_CHROMIUM") or next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if executable is None:
+        sys.exit("no Chromium found on PATH; set CLIPATTR_CHROMIUM to its binary")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 820})

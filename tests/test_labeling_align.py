@@ -90,6 +90,8 @@ def test_expected_labels_outside_the_vocabulary_come_as_their_own_vocabulary():
         expected_alignment(C, vocab, ["a", "x", "y"])
     with pytest.raises(ValueError, match="not embedded like the vocabulary"):
         expected_alignment(C, vocab, Vocabulary(pd.DataFrame({"label": ["x", "y", "z"]}), X, e, templates=("a {}",)))
+    with pytest.raises(ValueError, match="not embedded like the vocabulary"):
+        expected_alignment(C, vocab, Vocabulary(pd.DataFrame({"label": ["x", "y", "z"]}), X, e, labeler="other-clip"))
 
 
 ALIGN_SCRIPT = textwrap.dedent("""

@@ -156,12 +156,14 @@ def expected_alignment(component_emb: torch.Tensor, vocabulary: Vocabulary,
     labeler and templates (:meth:`Vocabulary.build`)."""
     if isinstance(expected_labels, Vocabulary):
         sub = expected_labels
-        if sub.embeddings.shape[1] != vocabulary.embeddings.shape[1] or sub.templates != vocabulary.templates:
+        if (sub.embeddings.shape[1] != vocabulary.embeddings.shape[1] or sub.templates != vocabulary.templates
+                or sub.labeler != vocabulary.labeler):
             raise ValueError(f"expected_alignment: the expected labels {sub!r} were not embedded like the vocabulary "
-                             f"{vocabulary!r} (embedding width or templates differ)")
+                             f"{vocabulary!r} (labeler, embedding width or templates differ)")
     else:
         labels = [str(x) for x in expected_labels]
-        missing = [lab for lab in labels if lab not in set(vocabulary.labels)]
+        known = set(vocabulary.labels)
+        missing = [lab for lab in labels if lab not in known]
         if missing:
             raise KeyError(f"expected_alignment: {len(missing)} expected labels are not in the vocabulary "
                            f"({missing[:5]}{' ...' if len(missing) > 5 else ''}); pass them as a Vocabulary of their "

@@ -229,15 +229,19 @@ def _refuse_saev(folder: Path, names: list[str]) -> None:
                 "this package's top-k SAE, and the exact top-k attribution built on it, does not reproduce it")
 
 
-def _subfolder_hint(folder: Path, shown: int = 8) -> str:
-    """For a checkpoint root (sparsify keeps one folder per hookpoint, ``layers.N/``): its subfolders
-    that hold an SAE config, and how to pick one; "" when there are none."""
-    subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CFG_JSON).is_file())
+def subfolder_hint(where: str, subs: list[str], load_arg: str, prefix: str = "", shown: int = 8) -> str:
+    """How to pick one of the subfolders ``subs`` of a checkpoint root (sparsify keeps one per
+    hookpoint, ``layers.N/``), local or on the hub; "" when there are none."""
     if not subs:
         return ""
     listed = subs[:shown] + ([f"... {len(subs) - shown} more"] if len(subs) > shown else [])
-    return (f" Its subfolders with a {CFG_JSON}: {listed}; pick one with subfolder=, e.g. "
-            f"TopKSAE.load('{folder}', subfolder='{subs[0]}').")
+    return (f" {where}: {listed}; pick one with subfolder=, e.g. "
+            f"TopKSAE.load({load_arg!r}, subfolder={prefix + subs[0]!r}).")
+
+
+def _subfolder_hint(folder: Path) -> str:
+    subs = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CFG_JSON).is_file())
+    return subfolder_hint(f"Its subfolders with a {CFG_JSON}", subs, str(folder))
 
 
 def unit_norm_tolerance(stored_dtype: torch.dtype | None = None) -> float:

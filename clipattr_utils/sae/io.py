@@ -36,7 +36,7 @@ import torch
 from ..storage import save_tensors_atomic, write_json_atomic  # noqa: F401  (re-exported: sae.train, notebooks)
 from .formats import (CFG_JSON, CLIPATTR, LAYOUTS, OUR_FORMAT, OUR_TENSORS, OUR_WEIGHTS, PRISMA, PRISMA_CONFIG,
                       SAELENS, SAELENS_WEIGHTS, SPARSIFY, FormatError, SAEParts, UnknownLayoutError, build_sae,
-                      check_shapes, detect_layout, read_json, read_safetensors, require_int, warn_unit_norm)
+                      check_shapes, detect_layout, read_json, read_safetensors, require_int, subfolder_hint, warn_unit_norm)
 from .formats_saelens import read_saelens, save_saelens
 from .formats_sparsify import read_sparsify
 from .model import TopKSAE
@@ -162,18 +162,27 @@ def resolve(path_or_repo: str | os.PathLike, subfolder: str | None = None, revis
         raise ImportError(f"TopKSAE.load: {text!r} is not a local folder and huggingface_hub is not installed "
                           "to download it") from err
     prefix = f"{subfolder.strip('/')}/" if subfolder else ""
+
+    def failed(err: Exception) -> FileNotFoundError:  # network, auth, missing repo: keep the cause
+        return FileNotFoundError(
+            f"TopKSAE.load: {text!r} is not a local folder (looked in {local.resolve()}) and downloading it "
+            f"from the Hugging Face Hub failed ({type(err).__name__}: {err})")
+
     try:
         listing = huggingface_hub.list_repo_files(text, revision=revision)
-        files = hub_files(listing, prefix, hint)
-        if not files:
-            raise FileNotFoundError(_hub_level_message(text, prefix, listing))
+    except Exception as err:
+        raise failed(err) from err
+    files = hub_files(listing, prefix, hint)
+    if not files:
+        subs = sorted({f[len(prefix):].split("/")[0] for f in listing
+                       if f.startswith(prefix) and "/" in f[len(prefix):]})
+        where = f"folder {prefix.rstrip('/')!r} of " if prefix else ""
+        raise FileNotFoundError(f"TopKSAE.load: the {where}Hugging Face repo {text!r} holds no SAE config or weights "
+                                f"file.{subfolder_hint('Its subfolders', subs, text, prefix)}")
+    try:
         root = Path(huggingface_hub.snapshot_download(text, revision=revision, allow_patterns=files))
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # network, auth, missing repo: keep the cause, say what was tried
-        raise FileNotFoundError(
-            f"TopKSAE.load: {text!r} is not a local folder (looked in {local.resolve()}) and downloading it "
-            f"from the Hugging Face Hub failed ({type(err).__name__}: {err})") from err
+    except Exception as err:
+        raise failed(err) from err
     folder = root / subfolder if subfolder else root
     if not folder.is_dir():
         raise FileNotFoundError(f"TopKSAE.load: Hugging Face repo {text!r} has no folder {subfolder!r}")
@@ -190,15 +199,6 @@ def hub_files(listing: list[str], prefix: str = "", hint: str | None = None) -> 
     if hint is not None:
         return [f for f in level if f[len(prefix):] in (hint, CFG_JSON, PRISMA_CONFIG)]
     return [f for f in level if any(fnmatch(f[len(prefix):], pattern) for pattern in HUB_PATTERNS)]
-
-
-def _hub_level_message(repo: str, prefix: str, listing: list[str], shown: int = 8) -> str:
-    folders = sorted({f[len(prefix):].split("/")[0] for f in listing if f.startswith(prefix) and "/" in f[len(prefix):]})
-    where = f"folder {prefix.rstrip('/')!r} of " if prefix else ""
-    hint = (f"; its subfolders: {folders[:shown] + ([f'... {len(folders) - shown} more'] if len(folders) > shown else [])}"
-            f", pick one with subfolder=, e.g. TopKSAE.load({repo!r}, subfolder={prefix + folders[0]!r})"
-            if folders else "")
-    return f"TopKSAE.load: the {where}Hugging Face repo {repo!r} holds no SAE config or weights file{hint}"
 
 
 def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
