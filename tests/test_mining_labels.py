@@ -30,6 +30,12 @@ def test_label_names_planted_per_mode():
     assert gt.label_names_planted(truth, flagged, csv, sandbox_classes())["names_planted"].tolist() == \
         [True, False, False, True, False]
 
+    # Several label columns: a pair names its attribute when any of them does.
+    flagged["other"] = ["a small fire", "water", "", "", "bat (club)", ""]
+    both = gt.label_names_planted(truth, flagged, csv, sandbox_classes(), label_column=["label", "other"])
+    assert both["names_planted"].tolist() == [True, True, False, True, True]
+    assert both["label"].tolist()[:2] == ["water / a small fire", "red boat / water"]
+
 
 def test_distractor_labels_name_each_pairs_distractor_set_with_eq2():
     import numpy as np
@@ -83,3 +89,49 @@ def test_a_small_fire_names_fire_but_is_no_object_claim():
     from clipattr_utils.labeling.ground_truth import named_pairs
 
     assert ("object", "fire") in named_pairs("companion", "fire")
+
+
+def test_distinctive_label_names_what_sets_distractors_apart_from_the_pool():
+    """Half the pool shows a flame, an eighth water; a pair's distractors all show both. Eq. 2
+    on their mean names the flame (it is as strong in them as the water); the contrast with
+    the pool names the water, whose score is far above the pool's. The effect is recomputed by
+    hand from single-image scores, and the blocked pool statistics equal the one-block ones."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from clipattr_utils.labeling import Vocabulary
+    from clipattr_utils.mining import distractor_labels
+    from clipattr_utils.mining.describe import pool_score_stats
+
+    frame = pd.DataFrame({"label": ["a small fire", "water", "red ball"],
+                          "attribute": ["companion", "background", "colour+object"],
+                          "value": ["fire", "water", "red+ball"]})
+    eye = torch.eye(6)
+    vocab = Vocabulary(frame, eye[:3].clone(), eye[3].clone())
+    g = torch.Generator().manual_seed(1)
+    n = 400
+    flame = torch.zeros(n, dtype=torch.bool)
+    flame[: n // 2] = True
+    water = torch.zeros(n, dtype=torch.bool)
+    water[n // 2 - 40: n // 2 + 10] = True  # 50 water images, 40 of them with a flame
+    x = eye[3] + 1.2 * flame[:, None] * eye[0] + 1.0 * water[:, None] * eye[1] + 0.3 * torch.randn(n, 6, generator=g)
+    emb = F.normalize(x, dim=1)
+    rows = list(range(n // 2 - 40, n // 2))  # flame and water
+    flagged = pd.DataFrame({"class": ["boat"], "latent": [7]})
+    samples = pd.DataFrame({"class": "boat", "latent": 7, "row": rows})
+    out = distractor_labels(flagged, samples, emb, vocab)
+    assert out.loc[0, "distractor_label"] == "a small fire"
+    assert out.loc[0, "distinctive_label"] == "water"
+    # By hand: single-image Eq. 2 scores, distractor mean minus pool mean over the pool std.
+    s = (emb @ eye[:3].T - (emb @ eye[3])[:, None]).double().numpy()
+    effect = (s[rows].mean(0) - s.mean(0)) / s.std(0)
+    assert out.loc[0, "distinctive_effect"] == pytest.approx(effect.max(), rel=1e-5)
+    assert out.loc[0, "distinctive_labels"].split("; ")[:2] == [frame["label"][i] for i in np.argsort(-effect)[:2]]
+    one, blocked = pool_score_stats(emb, vocab), pool_score_stats(emb, vocab, budget_bytes=4 * 3 * 7)
+    assert torch.allclose(one.mean, blocked.mean) and torch.allclose(one.std, blocked.std)
+    # Without the contrast, the columns are absent; stats from another vocabulary are refused.
+    assert "distinctive_label" not in distractor_labels(flagged, samples, emb, vocab, contrast=False)
+    other = Vocabulary(frame.iloc[:2], eye[:2].clone(), eye[3].clone())
+    with pytest.raises(ValueError, match="pool_stats cover"):
+        distractor_labels(flagged, samples, emb, vocab, pool_stats=pool_score_stats(emb, other))

@@ -131,34 +131,37 @@ def score(truth: pd.DataFrame, classes: Sequence[MiningClass], top: int = 10) ->
 
 
 def label_names_planted(truth: pd.DataFrame, flagged: pd.DataFrame, vocabulary: pd.DataFrame,
-                        classes: Sequence[MiningClass], label_column: str = "label") -> pd.DataFrame:
+                        classes: Sequence[MiningClass], label_column: str | Sequence[str] = "label") -> pd.DataFrame:
     """Do the labels of the found pairs name the planted attribute they point at? One row per
     pair with a planted mode: its ``label`` (notebook 02's, carried in ``flagged``) and
     ``names_planted``: the label names the attribute of that mode -- the background ("water")
     for (a), the written word for (b), the other sprite or its class for (c), fire for (d).
     ``vocabulary``: the label frame (``label, attribute, value``) the labels came from;
     ``label_column``: which column of ``flagged`` holds the labels (``"label"``, the latent's
-    own from notebook 02, or ``"distractor_label"`` from `describe.distractor_labels`)."""
+    own from notebook 02, or ``"distractor_label"`` / ``"distinctive_label"`` from
+    `describe.distractor_labels`); several columns: the pair names it when any of its labels
+    does (``label`` then joins them with " / ")."""
+    columns = [label_column] if isinstance(label_column, str) else list(label_column)
     from ..labeling.ground_truth import named_pairs
 
     pairs_of = {str(lab): named_pairs(a, v) for lab, a, v in
                 zip(vocabulary["label"], vocabulary["attribute"], vocabulary["value"])}
-    label_of = {(str(c), int(j)): str(lab) for c, j, lab in zip(flagged["class"], flagged["latent"],
-                                                               flagged.get(label_column,
-                                                                           pd.Series("", index=flagged.index)))}
+    blank = pd.Series("", index=flagged.index)
+    label_of = {(str(c), int(j)): [str(x) for x in labs] for c, j, *labs in
+                zip(flagged["class"], flagged["latent"], *[flagged.get(col, blank).fillna("") for col in columns])}
     by_name = {c.name: c for c in classes}
     rows = []
     for r in truth.itertuples(index=False):
         if not r.mode:
             continue
-        label = label_of.get((r[0], int(r.latent)), "")
-        named = pairs_of.get(label, set())
+        labels = label_of.get((r[0], int(r.latent)), [""])
+        named = set().union(*(pairs_of.get(lab, set()) for lab in labels))
         wanted = set()
         for m, col, val in planted_attributes(by_name[r[0]]):
             if m == r.mode:
                 # "shows": the object itself, or drawn beside another one (the companion)
                 wanted |= {("object", val), ("companion", val)} if col == "shows" else {(col, val)}
-        rows.append({"class": r[0], "latent": int(r.latent), "mode": r.mode, "label": label,
+        rows.append({"class": r[0], "latent": int(r.latent), "mode": r.mode, "label": " / ".join(labels),
                      "names_planted": bool(named & wanted)})
     return pd.DataFrame(rows, columns=["class", "latent", "mode", "label", "names_planted"])
 
