@@ -136,15 +136,18 @@ def test_saelens_pre6_schema_is_migrated_like_saelens(tmp_path):
 
 
 @pytest.mark.parametrize("over, extra, key", [
-    ({"apply_b_dec_to_input": False}, {}, "apply_b_dec_to_input"),
+    ({"apply_b_dec_to_input": "yes"}, {}, "apply_b_dec_to_input"),
     ({"normalize_activations": "layer_norm"}, {}, "normalize_activations"),
     ({"normalize_activations": "expected_average_only_in"}, {}, "normalize_activations"),
     ({"normalize_activations": "constant_norm_rescale"}, {}, "normalize_activations"),
     ({"reshape_activations": "hook_z"}, {}, "reshape_activations"),
-    ({"architecture": "jumprelu"}, {"threshold": torch.zeros(D_SAE)}, "architecture"),
+    ({"architecture": "jumprelu"}, {}, "threshold"),
+    ({"architecture": "jumprelu"}, {"threshold": torch.full((D_SAE,), -0.1)}, "negative"),
+    ({"architecture": "jumprelu", "activation_fn_str": "tanh-relu"}, {"threshold": torch.zeros(D_SAE)},
+     "architecture 'jumprelu'"),
     ({"architecture": "standard"}, {}, "architecture"),
     ({"architecture": "gated"}, {"b_gate": torch.zeros(D_SAE), "r_mag": torch.zeros(D_SAE)}, "architecture"),
-    ({"architecture": "batchtopk"}, {}, "architecture"),
+    ({"architecture": "batchtopk"}, {}, "BatchTopK training checkpoint"),
     ({}, {"threshold": torch.zeros(D_SAE)}, "threshold"),
     ({}, {"scaling_factor": torch.full((D_SAE,), 2.0)}, "scaling_factor"),
     ({"finetuning_scaling_factor": True}, {}, "finetuning_scaling_factor"),
@@ -154,6 +157,52 @@ def test_saelens_unreproducible_settings_refused(tmp_path, over, extra, key):
     with pytest.raises(FormatError, match=key) as err:
         TopKSAE.load(folder)
     assert "cfg.json" in str(err.value) or "sae_weights.safetensors" in str(err.value)
+
+
+def _jumprelu_code(pre, theta):
+    """SAELens' JumpReLU: ReLU(pre) where pre > theta."""
+    return torch.where(pre > theta, pre.relu(), torch.zeros_like(pre))
+
+
+@pytest.mark.parametrize("apply_b_dec, param, rescale", [
+    (True, "threshold", False), (False, "threshold", False), (True, "log_threshold", False),
+    (False, "threshold", True)])
+def test_saelens_jumprelu_encodes_like_saelens(tmp_path, apply_b_dec, param, rescale):
+    """JumpReLU folders, as SAELens writes them (Gemma Scope encodes x itself:
+    apply_b_dec_to_input false; training checkpoints store log_threshold), give SAELens' codes
+    and reconstruction: the b_dec fold and the decoder-norm fold are exact."""
+    w = _weights(seed=5, unit=not rescale)
+    theta = 0.2 + torch.rand(D_SAE, generator=torch.Generator().manual_seed(6))
+    stored = {param: theta.log() if param == "log_threshold" else theta}
+    cfg = _saelens_v6_cfg(architecture="jumprelu", apply_b_dec_to_input=apply_b_dec,
+                          rescale_acts_by_decoder_norm=rescale)
+    cfg.pop("k", None)
+    sae = TopKSAE.load(_write_saelens(tmp_path / "jr", cfg, {**w, **stored}), max_active=D_SAE)
+    assert sae.architecture == "jumprelu" and sae.k == D_SAE
+    x = _x(n=40)
+    pre = (x - w["b_dec"] * apply_b_dec) @ w["W_enc"] + w["b_enc"]
+    if rescale:  # SAELens: hidden_pre * ||W_dec_j|| before the activation, W_dec_j / ||W_dec_j|| after
+        norms = w["W_dec"].norm(dim=1)
+        want = _jumprelu_code(pre * norms, theta * norms)
+        x_hat = want @ (w["W_dec"] / norms[:, None]) + w["b_dec"]
+    else:
+        want = _jumprelu_code(pre, theta)
+        x_hat = want @ w["W_dec"] + w["b_dec"]
+    assert (want > 0).sum(1).min() < (want > 0).sum(1).max(), "the test needs a varying L0"
+    torch.testing.assert_close(_dense(sae, x), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae(x), x_hat, rtol=1e-5, atol=1e-5)
+    # Without max_active the width is the default (at most d_sae); on a top-k SAE it is an error.
+    assert TopKSAE.load(tmp_path / "jr").k == D_SAE
+    with pytest.raises(ValueError, match="applies to JumpReLU"):
+        TopKSAE.load(_write_saelens(tmp_path / "tk", _saelens_v6_cfg(), w), max_active=4)
+
+
+def test_saelens_topk_without_b_dec_on_the_input_is_folded(tmp_path):
+    w = _weights(seed=7)
+    sae = TopKSAE.load(_write_saelens(tmp_path / "nb", _saelens_v6_cfg(apply_b_dec_to_input=False), w))
+    x = _x()
+    torch.testing.assert_close(_dense(sae, x), _topk_then_relu(x @ w["W_enc"] + w["b_enc"], K), rtol=1e-5, atol=1e-5)
+    assert sae.meta["folded_b_dec_into_b_enc"] is True
 
 
 @pytest.mark.parametrize("over, key", [

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from clipattr_utils import series
@@ -179,3 +180,32 @@ def test_sandbox_fast_preset_executes_every_notebook_into_one_run(tmp_path, feat
         assert (out / nb.with_suffix(".html").name).is_file()
     index = (out / "index.html").read_text()
     assert "atlas/index.html" in index and (out / "atlas" / "index.html").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_series_runs_with_batchtopk_and_matryoshka_saes(tmp_path, feature_cache):
+    """The SAE families through the series (issue 27): notebook 01 trains a BatchTopK SAE, which
+    02-04 load and explain (a jumprelu code of varying L0), and notebook 05 trains a Matryoshka
+    one; sizes of the sandbox-fast preset. In this module, so it runs after the sandbox-fast test
+    on the same worker: the runner locks the shared cache while it runs."""
+    import yaml
+
+    if not (series.REPO / "data" / "sandbox" / "sandbox.safetensors").is_file():
+        pytest.skip("sandbox model weights do not exist yet")
+    spec = yaml.safe_load((series.PARAMS_DIR / "sandbox-fast.yaml").read_text())
+    spec["notebooks"] = ["01", "02", "03", "04", "05"]
+    del spec["00"], spec["06"]
+    spec["01"]["family"] = "batchtopk"
+    spec["05"]["sae_family"] = "matryoshka"
+    preset = tmp_path / "families.yaml"
+    preset.write_text(yaml.safe_dump(spec))
+    out = series.run_series(preset, out=tmp_path / "run", cache_dir=feature_cache, report=False)
+    status = {r.number: r.status for r in series.run_status(out)}
+    assert status == {n: "ok" for n in ("01", "02", "03", "04", "05")}, series.run_failed(out)
+    cfg = json.loads((out / "01_sae_training" / "sae" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and cfg["family"] == "batchtopk"
+    lesion = json.loads((out / "05_melanoma_case" / "sae" / "cfg.json").read_text())
+    assert lesion["architecture"] == "topk" and lesion["family"] == "matryoshka"
+    latents = pd.read_csv(out / "02_labeling" / "latents.csv")
+    assert len(latents) and latents["label"].notna().any()

@@ -70,7 +70,8 @@ class SAEParts:
     k: int
     relu: bool
     tensors: dict[str, torch.Tensor]
-    """W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc (d_sae,), b_dec (d_in,)."""
+    """W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc (d_sae,), b_dec (d_in,); and ``threshold``
+    (d_sae,) for a jumprelu SAE (``k`` is then its code width)."""
     meta: dict[str, Any] = field(default_factory=dict)
     weights_path: Path | None = None
 
@@ -145,7 +146,9 @@ def build_sae(parts: SAEParts) -> TopKSAE:
     """
     if not 0 < parts.k <= parts.d_sae:
         raise FormatError(f"{parts.weights_path}: k={parts.k} must be in 1..d_sae={parts.d_sae}")
-    sae = TopKSAE(parts.d_in, parts.d_sae, parts.k, parts.relu)
+    theta = parts.tensors.get("threshold")
+    sae = TopKSAE(parts.d_in, parts.d_sae, parts.k, parts.relu,
+                  threshold=None if theta is None else theta.float())
     with torch.no_grad():
         for name in OUR_TENSORS:
             getattr(sae, name).copy_(parts.tensors[name])

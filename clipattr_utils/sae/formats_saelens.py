@@ -20,9 +20,14 @@ values, and a selected non-positive value becomes 0 either way), i.e. ``relu=Tru
 reconstruction is identical. Input: ``x - b_dec * apply_b_dec_to_input`` after the optional
 normalisation.
 
-Refused, with the key named: any architecture other than top-k (standard ReLU, gated,
-jumprelu, batchtopk, transcoders, ...), ``apply_b_dec_to_input`` false (our encoder always
-subtracts b_dec), ``normalize_activations`` other than none (per-sample layer norm, constant
+JumpReLU (``architecture: "jumprelu"``, tensor ``threshold`` or ``log_threshold``; how SAELens
+saves BatchTopK SAEs for inference too): a = ReLU(pre) * [pre > theta], read as a threshold
+:class:`TopKSAE` whose code width is ``max_active`` (see :mod:`.model`).
+``apply_b_dec_to_input`` false (Gemma Scope's JumpReLU SAEs encode x itself) is folded into
+the encoder bias, b_enc + b_dec W_enc, so the encoder that subtracts b_dec gives the same code.
+
+Refused, with the key named: any other architecture (standard ReLU, gated, a BatchTopK training
+checkpoint, transcoders, ...), ``normalize_activations`` other than none (per-sample layer norm, constant
 norm rescale and the unfolded ``expected_average_only_in`` scaling all change the input),
 ``reshape_activations`` other than none (hook_z heads), ``finetuning_scaling_factor`` and a
 non-unit ``scaling_factor`` tensor, and any tensor beyond the four. Accepted and made exact:
@@ -30,7 +35,8 @@ non-unit ``scaling_factor`` tensor, and any tensor beyond the four. Accepted and
 ``fold_W_dec_norm`` does (W_enc and b_enc times ||W_dec_j||, W_dec rows divided by it), which
 gives the same codes and reconstruction with unit-norm decoder rows.
 
-Export (:func:`save_saelens`) writes the SAELens 6 schema for ``architecture: "topk"``;
+Export (:func:`save_saelens`) writes the SAELens 6 schema for ``architecture: "topk"`` (or
+``"jumprelu"`` with its ``threshold`` for a threshold SAE);
 a ``relu=False`` SAE is refused there because SAELens' TopK always applies the ReLU.
 """
 
@@ -81,9 +87,16 @@ def _setting(cfg: dict, key: str, default: Any = None) -> Any:
     return default
 
 
-def _architecture(cfg: dict, where: Path) -> int:
-    """The k of a top-k SAELens config; anything else is refused naming the key."""
+def _architecture(cfg: dict, where: Path) -> int | None:
+    """The k of a top-k SAELens config, None for a JumpReLU one; anything else is refused
+    naming the key."""
     arch = cfg.get("architecture", "standard")
+    if arch == "jumprelu":
+        activation = cfg.get("activation_fn_str", cfg.get("activation_fn"))
+        if activation not in (None, "relu"):
+            raise FormatError(f"{where}: architecture 'jumprelu' with activation {activation!r}; only ReLU "
+                              "(SAELens' default) is reproducible")
+        return None
     activation = cfg.get("activation_fn_str", cfg.get("activation_fn"))
     act_key = "activation_fn_str" if "activation_fn_str" in cfg else "activation_fn"
     kwargs = cfg.get("activation_fn_kwargs") or {}
@@ -95,8 +108,10 @@ def _architecture(cfg: dict, where: Path) -> int:
         what = f"architecture={cfg.get('architecture', 'standard')!r}"
         if activation is not None:
             what += f" with {act_key}={activation!r}"
-        raise FormatError(f"{where}: {what} is not a top-k SAE; TopKSAE only reproduces architecture 'topk' "
-                          "(or the older 'standard' + activation_fn_str 'topk')")
+        hint = (" (a BatchTopK training checkpoint: SAELens saves it for inference as 'jumprelu', which loads)"
+                if arch == "batchtopk" else "")
+        raise FormatError(f"{where}: {what} is not a top-k or JumpReLU SAE{hint}; TopKSAE reproduces architecture "
+                          "'topk' (or the older 'standard' + activation_fn_str 'topk') and 'jumprelu'")
     if activation not in (None, "topk"):
         raise FormatError(f"{where}: architecture 'topk' with {act_key}={activation!r}; only a top-k activation "
                           "is reproducible")
@@ -133,13 +148,21 @@ def _refuse_unreproducible(cfg: dict, where: Path) -> None:
                           "scale on the latents is not reproducible")
 
 
+DEFAULT_MAX_ACTIVE = 256
+"""Code width of a JumpReLU SAE loaded without ``max_active`` (its L0 varies per sample)."""
+
+
 def read_saelens(folder: Path, weights_path: Path | None = None) -> SAEParts:
-    """An SAELens top-k folder as :class:`SAEParts` (refusing what TopKSAE cannot reproduce)."""
+    """An SAELens top-k or JumpReLU folder as :class:`SAEParts` (refusing what TopKSAE cannot
+    reproduce). A JumpReLU SAE's code width is the one it was exported with by this package,
+    else `DEFAULT_MAX_ACTIVE` (at most d_sae; ``load_sae(..., max_active=)`` sets another)."""
     folder = Path(folder)
     cfg_path, weights_path = folder / CFG_JSON, Path(weights_path or folder / SAELENS_WEIGHTS)
     cfg = read_json(cfg_path)
     k = _architecture(cfg, cfg_path)
-    _refuse_unreproducible(cfg, cfg_path)
+    jumprelu = k is None
+    fold_b_dec = cfg.get("apply_b_dec_to_input", True) is False
+    _refuse_unreproducible({**cfg, "apply_b_dec_to_input": True} if fold_b_dec else cfg, cfg_path)
     d_in, d_sae = require_int(cfg, "d_in", cfg_path), require_int(cfg, "d_sae", cfg_path)
     unknown = sorted(set(cfg) - _INFO_KEYS)
     switched_on = [key for key in unknown if cfg[key] is True]
@@ -159,13 +182,28 @@ def read_saelens(folder: Path, weights_path: Path | None = None) -> SAEParts:
     if scale is not None and not torch.equal(scale, torch.ones_like(scale)):
         raise FormatError(f"{weights_path}: holds a scaling_factor tensor that is not all ones; a learned scale on "
                           "the latents is not reproducible")
-    refuse_extra_tensors(weights_path, set(tensors), set(OUR_TENSORS),
-                         "gated, JumpReLU and transcoder SAEs carry such extra tensors")
-    check_shapes(weights_path, cfg_path, d_in, d_sae, tensors, {
-        "W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)})
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+    if jumprelu:
+        if "threshold" not in tensors and "log_threshold" in tensors:  # SAELens' training parametrisation
+            tensors["threshold"] = tensors.pop("log_threshold").float().exp()
+        expected["threshold"] = (d_sae,)
+        ours = ((cfg.get("metadata") or {}).get("clipattr_meta") or {}) if isinstance(cfg.get("metadata"), dict) else {}
+        k = min(d_sae, int(ours.get("max_active") or DEFAULT_MAX_ACTIVE))
+    refuse_extra_tensors(weights_path, set(tensors), set(expected),
+                         "gated and transcoder SAEs carry such extra tensors")
+    check_shapes(weights_path, cfg_path, d_in, d_sae, tensors, expected)
+    if jumprelu and bool((tensors["threshold"] < 0).any()):
+        raise FormatError(f"{weights_path}: a JumpReLU threshold is negative; SAELens' JumpReLU gates a ReLU, "
+                          "so TopKSAE needs thresholds >= 0")
 
     meta_cfg = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     meta: dict[str, Any] = dict(meta_cfg.get("clipattr_meta") or {})
+    if fold_b_dec:
+        # pre = x W_enc + b_enc = (x - b_dec) W_enc + (b_enc + b_dec W_enc): the same code from an
+        # encoder that subtracts b_dec, as TopKSAE's does (computed in float64, stored as read).
+        dtype = tensors["b_enc"].dtype
+        tensors["b_enc"] = (tensors["b_enc"].double() + tensors["b_dec"].double() @ tensors["W_enc"].double()).to(dtype)
+        meta["folded_b_dec_into_b_enc"] = True
     if cfg.get("rescale_acts_by_decoder_norm"):
         _fold_decoder_norm(tensors)
         meta["folded_decoder_norm"] = True
@@ -178,6 +216,8 @@ def read_saelens(folder: Path, weights_path: Path | None = None) -> SAEParts:
     match = _RESID_POST.match(str(hook or ""))
     if match and "layer" not in meta:
         meta["layer"] = int(match.group(1))  # blocks.L.hook_resid_post = output of block L
+    if jumprelu:
+        meta["max_active"] = k
     return SAEParts(SAELENS, d_in, d_sae, k, True, tensors, meta, weights_path)
 
 
@@ -188,6 +228,8 @@ def _fold_decoder_norm(tensors: dict[str, torch.Tensor]) -> None:
     tensors["W_dec"] = (tensors["W_dec"].float() / norms[:, None]).to(dtype)
     tensors["W_enc"] = (tensors["W_enc"].float() * norms[None, :]).to(dtype)
     tensors["b_enc"] = (tensors["b_enc"].float() * norms).to(dtype)
+    if "threshold" in tensors:  # JumpReLU compares the scaled pre-activation with the threshold
+        tensors["threshold"] = (tensors["threshold"].float() * norms).to(tensors["threshold"].dtype)
 
 
 def save_saelens(sae: TopKSAE, directory: str | os.PathLike, *, model_name: str | None = None,
@@ -224,11 +266,16 @@ def save_saelens(sae: TopKSAE, directory: str | os.PathLike, *, model_name: str 
         hook_name = sae.meta.get("hook_name") or (f"blocks.{layer}.hook_resid_post" if layer is not None else None)
     dtype = str(sae.W_dec.dtype).removeprefix("torch.")
     tensors = {name: getattr(sae, name) for name in OUR_TENSORS}
+    arch = {"architecture": "topk", "k": sae.k}
+    if sae.threshold is not None:  # SAELens' JumpReLU (how it saves BatchTopK SAEs for inference too)
+        tensors["threshold"] = sae.threshold.to(sae.W_dec.dtype)
+        arch = {"architecture": "jumprelu"}
+        sae.meta["max_active"] = sae.k  # the code width comes back on import
     save_tensors_atomic(directory / SAELENS_WEIGHTS, tensors)
     from .. import __version__
 
     cfg = {
-        "architecture": "topk", "d_in": sae.d_in, "d_sae": sae.d_sae, "k": sae.k, "dtype": dtype, "device": "cpu",
+        **arch, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": dtype, "device": "cpu",
         "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
         "rescale_acts_by_decoder_norm": False,
         "metadata": {"sae_lens_version": SAELENS_SCHEMA_VERSION, "sae_lens_training_version": None,

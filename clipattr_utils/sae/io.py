@@ -39,7 +39,7 @@ from .formats import (CFG_JSON, CLIPATTR, LAYOUTS, OUR_FORMAT, OUR_TENSORS, OUR_
                       check_shapes, detect_layout, read_json, read_safetensors, require_int, subfolder_hint, warn_unit_norm)
 from .formats_saelens import read_saelens, save_saelens
 from .formats_sparsify import read_sparsify
-from .model import TopKSAE
+from .model import ARCHITECTURES, TopKSAE
 from .published import check_compatible, open_clip_identity, read_prisma
 
 WEIGHTS_NAME = OUR_WEIGHTS
@@ -87,6 +87,8 @@ def save_sae(sae: TopKSAE, directory: str | os.PathLike, *, format: str = "clipa
         raise ValueError(f"save_sae: meta keys {sorted(clash)} are reserved for the architecture")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: getattr(sae, name) for name in OUR_TENSORS}
+    if sae.threshold is not None:
+        tensors["threshold"] = sae.threshold
     save_tensors_atomic(directory / WEIGHTS_NAME, tensors, metadata={"format": "pt", "d_in": str(sae.d_in),
                                                                      "d_sae": str(sae.d_sae), "k": str(sae.k)})
     cfg = {**sae.config(), "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -103,18 +105,21 @@ def _read_clipattr(folder: Path, weights_path: Path | None = None) -> SAEParts:
     if version != FORMAT_VERSION:
         raise FormatError(f"{cfg_path}: format_version={version!r}; this package reads version {FORMAT_VERSION}")
     arch = cfg.get("architecture", "topk")
-    if arch != "topk":
-        raise FormatError(f"{cfg_path}: architecture {arch!r} is not a top-k SAE")
+    if arch not in ARCHITECTURES:
+        raise FormatError(f"{cfg_path}: architecture {arch!r} is not one of {ARCHITECTURES}")
     d_in, d_sae, k = (require_int(cfg, key, cfg_path) for key in ("d_in", "d_sae", "k"))
     relu = cfg.get("relu", True)
     if not isinstance(relu, bool):
         raise FormatError(f"{cfg_path}: relu={relu!r} is not true/false")
     tensors = read_safetensors(weights_path)
-    check_shapes(weights_path, cfg_path, d_in, d_sae, tensors, {
-        "W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)})
-    extra = sorted(set(tensors) - set(OUR_TENSORS))
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,)}
+    if arch == "jumprelu":
+        expected["threshold"] = (d_sae,)
+    check_shapes(weights_path, cfg_path, d_in, d_sae, tensors, expected)
+    extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise FormatError(f"{weights_path}: holds tensor(s) {extra} besides {list(OUR_TENSORS)}")
+        raise FormatError(f"{weights_path}: holds tensor(s) {extra} besides {list(expected)} "
+                          f"(architecture {arch!r})")
     meta = {key: value for key, value in cfg.items() if key not in _RESERVED}
     return SAEParts(CLIPATTR, d_in, d_sae, k, relu, tensors, meta, weights_path)
 
@@ -202,7 +207,8 @@ def hub_files(listing: list[str], prefix: str = "", hint: str | None = None) -> 
 
 
 def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
-             revision: str | None = None, device: str | torch.device = "cpu", clip: Any = None) -> TopKSAE:
+             revision: str | None = None, device: str | torch.device = "cpu", clip: Any = None,
+             max_active: int | None = None) -> TopKSAE:
     """Load an SAE folder (local, or a Hugging Face repo id with optional ``subfolder``).
 
     The layout (ours, SAELens, sparsify, Prisma) is picked from the files present; see the
@@ -219,6 +225,8 @@ def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfol
         device: where the parameters go.
         clip: a ``models.LoadedCLIP`` to check the SAE against (:func:`check_compatible`:
             width, model name / pretrained tag, layer); also supplies ``d_in``.
+        max_active: the code width of a JumpReLU SAE (the most latents one sample keeps; see
+            :mod:`.model`); an error for a top-k SAE, whose width is its k.
 
     ``sae.meta`` records the provenance: ``source``, and for imported layouts
     ``source_format``, ``source_config``, and where known ``model_name``, ``hook_name``,
@@ -227,6 +235,14 @@ def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfol
     folder, hint = resolve(path_or_repo, subfolder, revision, with_hint=True)
     layout, weights_path = detect_layout(folder, hint)
     parts = READERS[layout](folder, weights_path)
+    if max_active is not None:
+        if "threshold" not in parts.tensors:
+            raise ValueError(f"TopKSAE.load: max_active={max_active} applies to JumpReLU SAEs; the SAE in {folder} "
+                             f"is top-k with k={parts.k}")
+        if not 0 < int(max_active) <= parts.d_sae:
+            raise ValueError(f"TopKSAE.load: max_active must be in 1..d_sae={parts.d_sae}, got {max_active}")
+        parts.k = int(max_active)
+        parts.meta["max_active"] = parts.k
     if d_in is None and clip is not None:
         d_in = int(clip.d_pre)
     if d_in is not None and int(d_in) != parts.d_in:

@@ -13,6 +13,17 @@ Two activation variants (``relu``):
 * ``relu=False``: the raw top-k pre-activations, as in the authors' released code. Exactly
   k latents are active per sample and values may be negative.
 
+Threshold (JumpReLU) inference: with a ``threshold`` (d_sae,) the code is
+a_j(x) = ReLU(pre_j) * [pre_j > theta_j] instead of the top-k -- SAELens' JumpReLU SAEs, and
+BatchTopK SAEs at inference (Bussmann et al. 2024: one threshold for all latents, estimated in
+training). The number of active latents then varies per sample; the code keeps the same
+(N, k) shape, ``k`` being the code width (the most latents one sample may activate), with
+zero values padding the unused slots, so every consumer of (indices, values) reads it as a
+top-k code with ``relu=True``. A sample with more than ``k`` latents over their thresholds
+keeps its ``k`` largest, with a warning naming the width: the rest go to the error term, which
+every attribution holds constant. The exact attribution (Eq. 29) needs
+only the active set and the decoder, so it holds unchanged.
+
 Storage layout: ``W_enc`` has shape (d_in, d_sae) but is stored latent-major (strides
 (1, d_in)), like ``W_dec``. The encoder GEMM runs at the same speed either way, and the
 sparse backward (``sparse.TopKEncode``) produces its gradient latent by latent, so this
@@ -24,6 +35,7 @@ the usual ones, so code that only reads the parameters need not care.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,6 +43,10 @@ import torch
 from torch import nn
 
 from .sparse import SparseCode, decode as sparse_decode, topk_encode
+
+
+ARCHITECTURES = ("topk", "jumprelu")
+"""What :meth:`TopKSAE.config` may name: the top-k code, or a threshold (JumpReLU) code."""
 
 
 class EncoderOutput(NamedTuple):
@@ -63,12 +79,25 @@ class TopKSAE(nn.Module):
     """
 
     def __init__(self, d_in: int, d_sae: int, k: int = 64, relu: bool = True,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, threshold: torch.Tensor | float | None = None):
         super().__init__()
         if d_in <= 0 or d_sae <= 0:
             raise ValueError(f"TopKSAE: need d_in > 0 and d_sae > 0, got d_in={d_in}, d_sae={d_sae}")
         if not 0 < k <= d_sae:
             raise ValueError(f"TopKSAE: need 0 < k <= d_sae, got k={k}, d_sae={d_sae}")
+        self.threshold: torch.Tensor | None
+        if threshold is None:
+            self.register_buffer("threshold", None)
+        else:
+            if not relu:
+                raise ValueError("TopKSAE: a threshold (JumpReLU) code is a ReLU code; relu=False does not apply")
+            theta = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
+            theta = theta.expand(d_sae).clone() if theta.ndim == 0 else theta
+            if theta.shape != (d_sae,):
+                raise ValueError(f"TopKSAE: threshold must be a number or shape ({d_sae},), got {tuple(theta.shape)}")
+            if not bool(torch.isfinite(theta).all()) or bool((theta < 0).any()):
+                raise ValueError("TopKSAE: thresholds must be finite and >= 0 (a JumpReLU threshold gates a ReLU)")
+            self.register_buffer("threshold", theta)
         self.d_in, self.d_sae, self.k, self.relu = int(d_in), int(d_sae), int(k), bool(relu)
         W_dec = torch.randn(d_sae, d_in, generator=generator)
         W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
@@ -82,21 +111,32 @@ class TopKSAE(nn.Module):
 
     # ------------------------------------------------------------------ config / construction
 
+    @property
+    def architecture(self) -> str:
+        """``"topk"``, or ``"jumprelu"`` for a threshold code (module docstring)."""
+        return "topk" if self.threshold is None else "jumprelu"
+
     def config(self) -> dict[str, Any]:
-        """The architecture: what :meth:`from_config` needs to rebuild an identical shell."""
-        return {"architecture": "topk", "d_in": self.d_in, "d_sae": self.d_sae, "k": self.k, "relu": self.relu}
+        """The architecture: what :meth:`from_config` needs to rebuild an identical shell
+        (for ``"jumprelu"``, ``k`` is the code width; the thresholds are weights)."""
+        return {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae, "k": self.k,
+                "relu": self.relu}
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "TopKSAE":
         arch = cfg.get("architecture", "topk")
-        if arch != "topk":
-            raise ValueError(f"TopKSAE.from_config: architecture {arch!r} is not 'topk'")
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"TopKSAE.from_config: architecture {arch!r} is not one of {ARCHITECTURES}")
         missing = [key for key in ("d_in", "d_sae", "k") if key not in cfg]
         if missing:
             raise ValueError(f"TopKSAE.from_config: config lacks {missing}")
-        return cls(int(cfg["d_in"]), int(cfg["d_sae"]), int(cfg["k"]), bool(cfg.get("relu", True)))
+        d_sae = int(cfg["d_sae"])
+        return cls(int(cfg["d_in"]), d_sae, int(cfg["k"]), bool(cfg.get("relu", True)),
+                   threshold=torch.zeros(d_sae) if arch == "jumprelu" else None)
 
     def extra_repr(self) -> str:
+        if self.threshold is not None:
+            return f"d_in={self.d_in}, d_sae={self.d_sae}, jumprelu, code width k={self.k}"
         return f"d_in={self.d_in}, d_sae={self.d_sae}, k={self.k}, relu={self.relu}"
 
     # ------------------------------------------------------------------ forward
@@ -117,20 +157,43 @@ class TopKSAE(nn.Module):
         if x.shape[0] > chunk_rows:
             parts = [self.encode(x[s:s + chunk_rows], chunk_rows) for s in range(0, x.shape[0], chunk_rows)]
             return EncoderOutput(torch.cat([p.indices for p in parts]), torch.cat([p.values for p in parts]))
+        if self.threshold is not None:
+            return self._encode_threshold(x)
         code = topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.k, self.relu)
         return EncoderOutput(code.indices, code.values)
 
+    def _encode_threshold(self, x: torch.Tensor) -> EncoderOutput:
+        """JumpReLU: ReLU(pre) where pre > theta, as a zero-padded (N, k) code."""
+        pre = self.pre_acts(x)
+        acts = pre.clamp_min(0) * (pre > self.threshold)
+        n_active = (acts > 0).sum(1)
+        if len(n_active) and int(n_active.max()) > self.k:
+            # Said once per SAE and width (the message does not change between chunks).
+            warnings.warn(f"TopKSAE (jumprelu, d_sae={self.d_sae}): some samples activate more latents over their "
+                          f"thresholds than the code width k={self.k}; the smallest of them are left to the error "
+                          "term eps (attributions stay exact for the code used, the reconstruction is that of the "
+                          "truncated code). Raise the width to keep them: sae.k = n, "
+                          "TopKSAE.load(..., max_active=n) or TrainConfig(max_active=n)", RuntimeWarning,
+                          stacklevel=3)
+        values, indices = acts.topk(self.k, dim=1, sorted=True)
+        return EncoderOutput(indices, values)
+
     def encode_train(self, x: torch.Tensor, dead_mask: torch.Tensor | None = None, k_aux: int = 0,
-                     compute_dtype: torch.dtype | None = None, reuse_buffer: bool = False) -> SparseCode:
-        """Training-time encode: top-k plus the AuxK code over ``dead_mask`` latents.
+                     compute_dtype: torch.dtype | None = None, reuse_buffer: bool = False,
+                     batch_topk: bool = False) -> SparseCode:
+        """Training-time encode: top-k (or, with ``batch_topk``, the N*k largest over the whole
+        batch) plus the AuxK code over ``dead_mask`` latents.
 
         ``reuse_buffer`` keeps the (N, d_sae) pre-activation buffer between calls (see
         :meth:`release_buffer`), which saves allocating and faulting it in every step.
         """
         self._check_width(x)
+        if self.threshold is not None:
+            raise ValueError("TopKSAE: a jumprelu SAE is for inference here; train a top-k or BatchTopK SAE "
+                             "(TrainConfig(family=...)) instead")
         ws = self._buffer(x.shape[0], compute_dtype or self.W_enc.dtype, x.device) if reuse_buffer else None
         return topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.k, self.relu, dead_mask, k_aux,
-                           compute_dtype, ws)
+                           compute_dtype, ws, batch_topk=batch_topk)
 
     def _buffer(self, rows: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         buf = self.__dict__.get("_pre_buffer")
@@ -157,7 +220,7 @@ class TopKSAE(nn.Module):
         are active, negative values included.
         """
         indices, values = code
-        if self.relu:
+        if self.relu or self.threshold is not None:
             return values > 0
         return torch.ones_like(indices, dtype=torch.bool)
 
@@ -212,15 +275,18 @@ class TopKSAE(nn.Module):
 
     @classmethod
     def load(cls, path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
-             revision: str | None = None, device: str | torch.device = "cpu") -> "TopKSAE":
-        """Load from a local folder or a Hugging Face repo id (see :func:`.io.load_sae`).
+             revision: str | None = None, device: str | torch.device = "cpu",
+             max_active: int | None = None) -> "TopKSAE":
+        """Load from a local folder or a Hugging Face repo id (see :func:`.io.load_sae`;
+        ``max_active``: a JumpReLU SAE's code width).
 
         ``d_in`` is the feature width the caller will feed; a mismatch is an error naming
         both shapes.
         """
         from .io import load_sae
 
-        return load_sae(path_or_repo, d_in=d_in, subfolder=subfolder, revision=revision, device=device)
+        return load_sae(path_or_repo, d_in=d_in, subfolder=subfolder, revision=revision, device=device,
+                        max_active=max_active)
 
     # ------------------------------------------------------------------ helpers
 

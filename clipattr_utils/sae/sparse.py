@@ -104,10 +104,12 @@ def gather_dot(indices: torch.Tensor, rows: torch.Tensor, dense: torch.Tensor,
 
 
 class _PlanSlot:
-    """Carries the CSR plan of the top-k code from encode's forward to both backward passes."""
+    """Carries the CSR plan of the top-k code from encode's forward to both backward passes
+    (and, for BatchTopK, the batch's threshold out of the forward)."""
 
     def __init__(self) -> None:
         self.plan: CSRPlan | None = None
+        self.batch_threshold: float | None = None
 
 
 class SparseCode(NamedTuple):
@@ -129,6 +131,10 @@ class SparseCode(NamedTuple):
     plan: CSRPlan | None = None
     """``indices`` grouped by latent; pass it to :func:`decode` to share the sort."""
 
+    batch_threshold: float | None = None
+    """BatchTopK only: the smallest selected (positive) activation of the batch, the quantity
+    whose running mean becomes the inference threshold."""
+
 
 class TopKEncode(torch.autograd.Function):
     """(x, W_enc, b_enc, b_dec) -> top-k (and AuxK) indices and values; sparse backward.
@@ -140,7 +146,7 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, k, relu, dead_mask, k_aux, compute_dtype,  # type: ignore[override]
-                workspace, slot):
+                workspace, slot, batch_topk=False):
         xc = x.to(W_enc.dtype) - b_dec
         cd = compute_dtype if compute_dtype is not None else W_enc.dtype
         out = None
@@ -153,9 +159,22 @@ class TopKEncode(torch.autograd.Function):
             pre = torch.addmm(b_enc.to(cd), xc.to(cd), W_enc.to(cd), out=out)
         else:
             pre = torch.addmm(b_enc, xc, W_enc, out=out)
-        # top-k before ReLU: ReLU is monotone, so the kept values are the same and we save
-        # a full pass over the (N, d_sae) matrix.
-        values, indices = pre.topk(k, dim=1, sorted=True)
+        if batch_topk:
+            # BatchTopK (Bussmann et al. 2024): the N*k largest pre-activations of the whole batch,
+            # a sample keeping however many of them it holds. As a padded (N, width) code: the
+            # per-row top-`width` (width = the most any row holds), entries below the batch's
+            # cut zeroed -- zero values are inactive and get no gradient (the ReLU rule below).
+            n_keep = min(int(k) * pre.shape[0], pre.numel())
+            cut = pre.reshape(-1).topk(n_keep, sorted=False).values.min()
+            width = max(1, int((pre >= cut).sum(1).max()))
+            values, indices = pre.topk(min(width, pre.shape[1]), dim=1, sorted=True)
+            values = torch.where(values >= cut, values, torch.zeros_like(values))
+            positive = values[values > 0]
+            slot.batch_threshold = float(positive.min()) if positive.numel() else None
+        else:
+            # top-k before ReLU: ReLU is monotone, so the kept values are the same and we save
+            # a full pass over the (N, d_sae) matrix.
+            values, indices = pre.topk(k, dim=1, sorted=True)
         values = values.to(W_enc.dtype)
         n = x.shape[0]
         aux_indices = torch.zeros(n, 0, dtype=torch.int64, device=x.device)
@@ -191,7 +210,7 @@ class TopKEncode(torch.autograd.Function):
             if ctx.relu:
                 g = g * (val > 0)  # ReLU'(pre) = 1 only where the kept value is positive
             parts.append((idx, g.to(W_enc.dtype)))
-        none = (None,) * 11
+        none = (None,) * 12
         if not parts:
             return none
         need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
@@ -257,6 +276,7 @@ def topk_encode(
     k_aux: int = 0,
     compute_dtype: torch.dtype | None = None,
     workspace: torch.Tensor | None = None,
+    batch_topk: bool = False,
 ) -> SparseCode:
     """Top-k encode with a sparse backward (see :class:`TopKEncode`).
 
@@ -271,11 +291,16 @@ def topk_encode(
             accumulated in the parameters' dtype.
         workspace: optional (>= N, d_sae) buffer of ``compute_dtype`` for the
             pre-activations (overwritten; nothing refers to it after the call).
+        batch_topk: keep the N*k largest pre-activations of the batch instead of k per sample
+            (BatchTopK; needs ``relu``). The code is then (N, width), width = the most any
+            sample keeps, zero-padded; ``batch_threshold`` reports the batch's smallest kept value.
     """
+    if batch_topk and not relu:
+        raise ValueError("topk_encode: batch_topk needs relu=True (its zero padding marks inactive slots)")
     slot = _PlanSlot()
     out = TopKEncode.apply(x, W_enc, b_enc, b_dec, int(k), bool(relu), dead_mask, int(k_aux), compute_dtype,
-                           workspace, slot)
-    return SparseCode(*out, plan=slot.plan)
+                           workspace, slot, bool(batch_topk))
+    return SparseCode(*out, plan=slot.plan, batch_threshold=slot.batch_threshold)
 
 
 def decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor, bias: torch.Tensor | None = None,

@@ -55,6 +55,7 @@ from .optim import SAEAdamW
 from .source import FeatureSource, prefetch
 from .sparse import decode as sparse_decode
 
+FAMILIES: tuple[str, ...] = ("topk", "batchtopk", "matryoshka")
 Loss = Literal["normalized", "eq10", "mse", "fvu"]
 LOSSES: tuple[str, ...] = ("normalized", "eq10", "mse", "fvu")
 STEP_COLUMNS = ("epoch", "step", "lr", "loss", "aux_loss", "fvu", "l0", "dead_frac")
@@ -119,9 +120,26 @@ class TrainConfig:
     """Encoder GEMM in bfloat16 on CUDA (ignored on CPU)."""
     val_every: int = 1
     """Evaluate on ``val_features`` every this many epochs (0: only at the end)."""
+    family: str = "topk"
+    """"topk" (the paper's), "batchtopk" (Bussmann et al. 2024: the N*k largest activations of
+    each batch in training; at inference one threshold, the mean over the last epoch's batches
+    of each batch's smallest kept activation, so the returned SAE is a ``jumprelu`` one with a code width of
+    ``max_active``) or "matryoshka" (nested dictionaries: the top-k code, its loss averaged
+    over the reconstructions from the first ``matryoshka_prefixes`` of the latents, so early
+    latents learn general concepts; inference is plain top-k)."""
+    matryoshka_prefixes: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+    """Matryoshka only: the nested dictionary sizes as fractions of ``d_sae`` (increasing, the last 1)."""
+    max_active: int | None = None
+    """BatchTopK only: the code width at inference, the most latents one sample keeps over
+    the threshold (None: measured on the training features at the end, the largest L0 there
+    plus a quarter, at least 2 k; a sample over the width keeps its largest, with a warning)."""
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        self.matryoshka_prefixes = tuple(float(f) for f in self.matryoshka_prefixes)  # type: ignore[assignment]
+        fr = self.matryoshka_prefixes
+        if not fr or fr[-1] != 1.0 or any(not a < b for a, b in zip((0.0,) + fr[:-1], fr)):
+            raise ValueError(f"TrainConfig: matryoshka_prefixes must increase within (0, 1] and end at 1, got {fr}")
         if self.lr_decay_epochs is not None:
             self.lr_decay_epochs = tuple(int(e) for e in self.lr_decay_epochs)
         checks = [
@@ -138,6 +156,10 @@ class TrainConfig:
              f"dead_threshold must be positive, got {self.dead_threshold}"),
             (self.auxk_coef >= 0, f"auxk_coef must be >= 0, got {self.auxk_coef}"),
             (self.val_every >= 0, f"val_every must be >= 0, got {self.val_every}"),
+            (self.family in FAMILIES, f"family must be one of {FAMILIES}, got {self.family!r}"),
+            (self.family != "batchtopk" or self.relu, "family='batchtopk' needs relu=True"),
+            (self.max_active is None or self.k <= self.max_active <= self.d_sae,
+             f"max_active must be in k={self.k}..d_sae={self.d_sae}, got {self.max_active}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -164,6 +186,12 @@ class TrainConfig:
     def paper_isic(cls, **overrides: Any) -> "TrainConfig":
         """App. A, medical SAE: lr 5e-5, 25 epochs, decay after 17 and 23."""
         return cls(**{**dict(d_sae=30000, k=64, lr=5e-5, epochs=25, lr_decay_epochs=(17, 23)), **overrides})
+
+    def prefix_sizes(self) -> tuple[int, ...]:
+        """Matryoshka: the nested dictionary sizes in latents (the last is ``d_sae``)."""
+        sizes = tuple(max(1, round(f * self.d_sae)) for f in self.matryoshka_prefixes)
+        return tuple(sorted(set(sizes)))
+
 
     def milestones(self) -> tuple[int, ...]:
         if self.lr_decay_epochs is not None:
@@ -238,6 +266,21 @@ def _total_variance(x: torch.Tensor) -> torch.Tensor:
     return (x.var(0, unbiased=False).sum() * x.shape[0]).clamp_min(torch.finfo(x.dtype).tiny)
 
 
+def matryoshka_loss(x: torch.Tensor, code: Any, W_dec: torch.Tensor, b_dec: torch.Tensor, sizes: tuple[int, ...],
+                    kind: str, full: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Nested dictionaries (Matryoshka SAEs): the mean over prefix sizes m of the loss of the
+    reconstruction from the first m latents only, sum_{j < m} a_j v_j + b -- one code, its values
+    masked per prefix. ``full``: the (loss, x_hat) of the whole dictionary when already computed."""
+    losses = []
+    for m in sizes:
+        if full is not None and m == W_dec.shape[0]:
+            losses.append(full[0])
+            continue
+        kept = code.values * (code.indices < m)
+        losses.append(_losses(x, sparse_decode(code.indices, kept, W_dec, b_dec), kind)[0])
+    return torch.stack(losses).mean()
+
+
 def auxk_loss(residual: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
     """L_aux = sum ||e - e_hat||^2 / sum ||e - mean(e)||^2 (Gao et al. 2024, AuxK)."""
     denom = (residual - residual.mean(0)).pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
@@ -254,6 +297,8 @@ class _State:
         self.sae, self.opt, self.since_fired = sae, opt, since_fired
         self.epoch = 0  # epochs completed
         self.step = 0
+        self.threshold: float | None = None  # BatchTopK: the inference threshold (last epoch's mean)
+        self.epoch_thresholds: list[float] = []  # BatchTopK: this epoch's batch thresholds
         self.steps: list[dict] = []
         self.epochs: list[dict] = []
 
@@ -269,14 +314,15 @@ class _State:
         write_json_atomic(directory / STATE_JSON, {
             "version": STATE_VERSION, "marker": marker, "epoch": self.epoch, "step": self.step,
             "config": cfg.to_dict(), "data": data_id, "sae": self.sae.config(),
-            "steps": self.steps, "epochs": self.epochs,
+            "steps": self.steps, "epochs": self.epochs, "threshold": self.threshold,
         })
 
     def load(self, directory: Path, cfg: TrainConfig, data_id: dict) -> None:
         info = json.loads((directory / STATE_JSON).read_text())
         if info.get("version") != STATE_VERSION:
             raise ValueError(f"{directory / STATE_JSON}: state version {info.get('version')} != {STATE_VERSION}")
-        saved_cfg = info["config"]
+        # Fields added since the checkpoint was written hold their defaults there.
+        saved_cfg = TrainConfig.from_dict(info["config"]).to_dict()
         diff = {k: (saved_cfg.get(k), v) for k, v in cfg.to_dict().items() if saved_cfg.get(k) != v}
         if diff:
             raise ValueError(f"resume: the checkpoint in {directory} was made with another TrainConfig; "
@@ -303,6 +349,7 @@ class _State:
         self.since_fired.copy_(tensors["since_fired"])
         self.epoch, self.step = int(info["epoch"]), int(info["step"])
         self.steps, self.epochs = list(info["steps"]), list(info["epochs"])
+        self.threshold = info.get("threshold")
 
 
 # ---------------------------------------------------------------------------------- training
@@ -415,13 +462,17 @@ def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: s
                 bar.set_postfix(loss=f"{row['loss']:.4g}", fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}",
                                 dead=f"{100 * row['dead_frac']:.1f}%")
             state.steps.extend(rows)
+            if state.epoch_thresholds:  # BatchTopK: theta = the mean of this epoch's batch thresholds
+                state.threshold = float(np.mean(state.epoch_thresholds))
+                state.epoch_thresholds = []
             summary = {"epoch": epoch + 1, "step": state.step, "lr": lr,
                        **{key: float(np.mean([r[key] for r in rows])) for key in ("loss", "aux_loss", "fvu", "l0")},
                        "dead_frac": rows[-1]["dead_frac"], "seconds": time.perf_counter() - t0}
             state.epoch += 1
             is_last = state.epoch == cfg.epochs
             if val is not None and (is_last or (cfg.val_every and state.epoch % cfg.val_every == 0)):
-                metrics = evaluate(sae, val_features, batch_size=cfg.batch_size, device=device, progress=False)
+                metrics = evaluate(inference_sae(sae, cfg, state.threshold), val_features, batch_size=cfg.batch_size,
+                                   device=device, progress=False)
                 summary.update({f"val_{key}": value for key, value in metrics.summary().items()
                                 if key in ("fvu", "cosine", "l0", "dead_frac", "frequent")})
             state.epochs.append(summary)
@@ -430,10 +481,19 @@ def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: s
     finally:
         bar.close()
         sae.release_buffer()
+    width = None
+    if cfg.family == "batchtopk" and cfg.max_active is None and state.threshold is not None:
+        width = max(2 * cfg.k, math.ceil(1.25 * _max_l0(sae, src, state.threshold, cfg.batch_size)))
+    final = inference_sae(sae, cfg, state.threshold, width)
+    if final is not sae:  # BatchTopK: the per-epoch metrics used a provisional width; redo them
+        metrics = None
+    sae = final
     if val is not None and metrics is None:  # resumed at the end, or stopped between evaluations
         metrics = evaluate(sae, val_features, batch_size=cfg.batch_size, device=device, progress=False)
     sae.meta.update({"trained_on": data_id, "train_config": cfg.to_dict(), "epochs_done": state.epoch,
-                     "k_aux": k_aux, "dead_threshold": dead_threshold})
+                     "k_aux": k_aux, "dead_threshold": dead_threshold, "family": cfg.family})
+    if cfg.family == "batchtopk":
+        sae.meta["batch_threshold"] = state.threshold
     if metrics is not None:
         sae.meta["val_metrics"] = metrics.summary()
     steps = pd.DataFrame(state.steps, columns=list(STEP_COLUMNS))
@@ -442,6 +502,33 @@ def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: s
         first = ["epoch", "step", "lr", "loss", "aux_loss", "fvu", "l0", "dead_frac", "seconds"]
         epochs = epochs[first + sorted(c for c in epochs.columns if c not in first)]
     return TrainResult(sae, steps, epochs, metrics, cfg)
+
+
+@torch.no_grad()
+def _max_l0(sae: TopKSAE, src: FeatureSource, threshold: float, batch_size: int) -> int:
+    """The largest number of latents over ``threshold`` in any row of ``src``."""
+    most = 0
+    for start in range(0, src.n, batch_size):
+        x = src.take(np.arange(start, min(start + batch_size, src.n))).to(sae.W_enc.device)
+        most = max(most, int((sae.pre_acts(x) > max(threshold, 0.0)).sum(1).max()))
+    return most
+
+
+def inference_sae(sae: TopKSAE, cfg: TrainConfig, threshold: float | None, width: int | None = None) -> TopKSAE:
+    """The SAE as used after training: ``sae`` itself (top-k, Matryoshka), or for BatchTopK a
+    jumprelu copy with the threshold for every latent and a code width of ``width`` (default
+    ``cfg.max_active``, else 4 k)."""
+    if cfg.family != "batchtopk":
+        return sae
+    if threshold is None:
+        raise ValueError("BatchTopK: no threshold yet (no training step kept a positive activation)")
+    width = width or cfg.max_active or 4 * cfg.k
+    out = TopKSAE(sae.d_in, sae.d_sae, min(int(width), sae.d_sae), True, threshold=float(threshold))
+    with torch.no_grad():
+        for name in _PARAMS:
+            getattr(out, name).copy_(getattr(sae, name))  # copy_ keeps W_enc's latent-major layout
+    out.meta = dict(sae.meta)
+    return out.to(sae.W_dec.device)
 
 
 _NONFINITE_HINT = "one such row makes every SAE weight NaN; drop or repair those rows before training"
@@ -459,9 +546,13 @@ def _step(sae: TopKSAE, opt: SAEAdamW, state: _State, x: torch.Tensor, cfg: Trai
           k_aux: int, dead_threshold: int, compute_dtype: torch.dtype | None) -> dict[str, float]:
     """One optimiser step on batch ``x``; returns its logged numbers."""
     dead = state.since_fired >= dead_threshold if cfg.auxk else None
-    code = sae.encode_train(x, dead, k_aux, compute_dtype, reuse_buffer=True)
+    code = sae.encode_train(x, dead, k_aux, compute_dtype, reuse_buffer=True, batch_topk=cfg.family == "batchtopk")
     x_hat = sparse_decode(code.indices, code.values, sae.W_dec, sae.b_dec, plan=code.plan)
     loss, err = _losses(x, x_hat, cfg.loss)
+    if cfg.family == "matryoshka":
+        loss = matryoshka_loss(x, code, sae.W_dec, sae.b_dec, cfg.prefix_sizes(), cfg.loss, full=(loss, x_hat))
+    if cfg.family == "batchtopk" and code.batch_threshold is not None:
+        state.epoch_thresholds.append(code.batch_threshold)
     total = loss
     aux = torch.zeros((), device=x.device)
     if cfg.auxk and code.aux_indices.shape[1] > 0:
