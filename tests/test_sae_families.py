@@ -90,10 +90,15 @@ def test_jumprelu_exact_attribution_matches_autograd():
     assert float((got - ref).abs().max() / ref.abs().max()) < 1e-10
 
 
-def test_batch_topk_keeps_the_batch_largest_and_its_gradients_are_the_dense_ones():
+@pytest.mark.parametrize("skewed", [False, True])
+def test_batch_topk_keeps_the_batch_largest_and_its_gradients_are_the_dense_ones(skewed):
+    """``skewed``: one sample's pre-activations dwarf the others', so it keeps more than the
+    4k candidates per row the fast path searches (the whole-matrix fallback)."""
     g = torch.Generator().manual_seed(2)
     n, d_in, d_sae, k = 16, 10, 30, 3
     x = torch.randn(n, d_in, generator=g)
+    if skewed:
+        x[0] *= 40
     W_enc = torch.randn(d_in, d_sae, generator=g).requires_grad_(True)
     b_enc = (0.1 * torch.randn(d_sae, generator=g)).requires_grad_(True)
     b_dec = (0.1 * torch.randn(d_in, generator=g)).requires_grad_(True)
@@ -111,6 +116,7 @@ def test_batch_topk_keeps_the_batch_largest_and_its_gradients_are_the_dense_ones
     assert torch.equal(got, want)
     per_row = want.sum(1)
     assert per_row.min() != per_row.max(), "the test needs rows keeping different counts"
+    assert (int(per_row.max()) > 4 * k) == skewed, "the skewed batch must exceed the 4k candidates of a row"
     assert code.batch_threshold == pytest.approx(float(pre[want].min()))
     # Gradients: the sparse backward vs autograd through the dense masked code.
     from clipattr_utils.sae.sparse import decode

@@ -164,10 +164,17 @@ class TopKEncode(torch.autograd.Function):
             # a sample keeping however many of them it holds. As a padded (N, width) code: the
             # per-row top-`width` (width = the most any row holds), entries below the batch's
             # cut zeroed -- zero values are inactive and get no gradient (the ReLU rule below).
+            # The batch's cut is found among each row's top 4k candidates (a selection over N*4k
+            # values, not N*d_sae); it is exact unless some row has all its candidates kept,
+            # and then the whole matrix is searched.
             n_keep = min(int(k) * pre.shape[0], pre.numel())
-            cut = pre.reshape(-1).topk(n_keep, sorted=False).values.min()
-            width = max(1, int((pre >= cut).sum(1).max()))
-            values, indices = pre.topk(min(width, pre.shape[1]), dim=1, sorted=True)
+            values, indices = pre.topk(min(4 * int(k), pre.shape[1]), dim=1, sorted=True)
+            cut = values.reshape(-1).topk(n_keep, sorted=False).values.min()
+            if values.shape[1] < pre.shape[1] and bool((values[:, -1] >= cut).any()):
+                cut = pre.reshape(-1).topk(n_keep, sorted=False).values.min()
+                values, indices = pre.topk(max(1, int((pre >= cut).sum(1).max())), dim=1, sorted=True)
+            width = max(1, int((values >= cut).sum(1).max()))
+            values, indices = values[:, :width], indices[:, :width]
             values = torch.where(values >= cut, values, torch.zeros_like(values))
             positive = values[values > 0]
             slot.batch_threshold = float(positive.min()) if positive.numel() else None
