@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from labeling_seeds import markdown  # noqa: E402  (benchmarks/ is the script's folder)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("topk", "batchtopk", "matryoshka")
@@ -87,13 +88,6 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
                                                            else f"{x:.3f}") for x in v)
         out.append(cell)
     return pd.DataFrame(out)
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    cols = [str(c) for c in frame.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
