@@ -8,6 +8,7 @@ with an encoder computed independently from the stored tensors with that library
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -796,3 +797,70 @@ def test_notebooks_check_a_given_sae_against_their_clip_and_catch_other_random_w
     check_compatible(sae, clip_a, strict=False)
     with pytest.raises(ValueError, match="visual_sha256 differs"):
         check_compatible(sae, clip_b, strict=False)
+
+
+# ------------------------------------------------------------------------------------------ overcomplete
+
+
+def _overcomplete_state(seed=0, d_in=D_IN, d_sae=D_SAE, multiplier=0.0, old_keys=False):
+    """What torch.save(overcomplete TopKSAE(...).state_dict()) holds for the linear encoder."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(d_sae, d_in, generator=g)
+    D = D / D.norm(dim=1, keepdim=True)
+    prefix = "encoder.0" if old_keys else "encoder.final_block.0"
+    return {f"{prefix}.weight": torch.randn(d_sae, d_in, generator=g), f"{prefix}.bias": torch.randn(d_sae, generator=g),
+            "dictionary._weights": D, "dictionary.multiplier": torch.tensor(multiplier)}
+
+
+def _overcomplete_reference(state, x, k):
+    """overcomplete's eval-mode TopKSAE: z = TopK(ReLU(x W^T + c)), x_hat = z (l2-normalised D) exp(m)."""
+    key = "encoder.0" if "encoder.0.weight" in state else "encoder.final_block.0"
+    pre = x @ state[f"{key}.weight"].T + state[f"{key}.bias"]
+    codes = pre.relu()
+    top = codes.topk(k, dim=-1)
+    z = torch.zeros_like(codes).scatter(-1, top.indices, top.values)
+    D = state["dictionary._weights"]
+    D = D / (D.norm(dim=1, keepdim=True) + 1e-8) * torch.exp(state["dictionary.multiplier"])
+    return z, z @ D
+
+
+@pytest.mark.parametrize("multiplier, old_keys", [(0.0, False), (0.4, False), (0.0, True)])
+def test_overcomplete_state_dict_encodes_like_overcomplete(tmp_path, multiplier, old_keys):
+    """The same latents and reconstruction as overcomplete's own eval-mode forward; a trained
+    multiplier m scales the codes by exp(m) and leaves unit decoder rows. (Checked against the
+    real overcomplete 0.3.0 too: benchmarks/RESULTS.md.)"""
+    state = _overcomplete_state(multiplier=multiplier, old_keys=old_keys)
+    torch.save(state, tmp_path / "sae.pt")
+    sae = TopKSAE.load(tmp_path, k=K)  # a folder holding one state dict is found by its keys
+    assert sae.meta["source_format"] == "overcomplete" and (sae.d_in, sae.d_sae, sae.k) == (D_IN, D_SAE, K)
+    x = _x(n=25)
+    z, x_hat = _overcomplete_reference(state, x, K)
+    torch.testing.assert_close(_dense(sae, x), z * math.exp(multiplier), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae(x), x_hat, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.decoder_norms(), torch.ones(D_SAE), rtol=1e-5, atol=1e-5)
+    assert torch.equal(sae.b_dec, torch.zeros(D_IN))
+
+
+def test_overcomplete_refusals_name_what_is_wrong(tmp_path):
+    path = tmp_path / "sae.pt"
+    torch.save(_overcomplete_state(), path)
+    with pytest.raises(FormatError, match="does not store k"):
+        TopKSAE.load(path)
+    bn = {**_overcomplete_state(), "encoder.final_block.1.running_mean": torch.zeros(D_SAE)}
+    torch.save(bn, tmp_path / "bn.pt")
+    with pytest.raises(FormatError, match="final_block.1.running_mean"):
+        TopKSAE.load(tmp_path / "bn.pt", k=K)
+    mlp = {key.replace("final_block.0", "mlp_blocks.0.0"): v for key, v in _overcomplete_state().items()}
+    torch.save(mlp, tmp_path / "mlp.pt")
+    with pytest.raises(FormatError, match="linear encoder"):
+        TopKSAE.load(tmp_path / "mlp.pt", k=K)
+    scaled = _overcomplete_state()
+    scaled["dictionary._weights"] = scaled["dictionary._weights"] * 3
+    torch.save(scaled, tmp_path / "identity.pt")
+    with pytest.raises(FormatError, match="dictionary_normalization"):
+        TopKSAE.load(tmp_path / "identity.pt", k=K)
+    # k for a file that states its own: equal passes, different is an error.
+    folder = _write_saelens(tmp_path / "lens", _saelens_v6_cfg(), _weights())
+    assert TopKSAE.load(folder, k=K).k == K
+    with pytest.raises(ValueError, match=f"k={K + 1} was passed"):
+        TopKSAE.load(folder, k=K + 1)

@@ -48,6 +48,7 @@ LAYOUTS: dict[str, str] = {
     SPARSIFY: f"{CFG_JSON} without a \"format\" key + {OUR_WEIGHTS} (EleutherAI sparsify)",
     SAELENS: f"{CFG_JSON} + {SAELENS_WEIGHTS} (SAELens)",
     PRISMA: f"{PRISMA_CONFIG} + {PRISMA_WEIGHTS} or one other *.pt / *.pth / *.safetensors (ViT-Prisma)",
+    "overcomplete": "one *.pt / *.pth torch.save state dict of overcomplete's TopKSAE, no config (pass k=)",
 }
 OUR_TENSORS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
@@ -197,6 +198,17 @@ def detect_layout(folder: Path, weights_hint: str | None = None) -> tuple[str, P
                                   f"{candidates}; pass the one to load, e.g. TopKSAE.load('{folder / candidates[0]}')")
             if candidates:
                 found.append((PRISMA, folder / candidates[0]))
+    if not found and CFG_JSON not in files and PRISMA_CONFIG not in files:
+        # overcomplete: one torch.save state dict and nothing else to say what it is
+        from .formats_overcomplete import OVERCOMPLETE, load_state
+
+        pickles = [weights_hint] if weights_hint in files else sorted(f for f in files if f.endswith((".pt", ".pth")))
+        hits = [f for f in pickles if load_state(folder / f) is not None]
+        if len(hits) > 1:
+            raise FormatError(f"{folder}: several overcomplete checkpoints {hits}; pass the one to load, e.g. "
+                              f"TopKSAE.load('{folder / hits[0]}', k=...)")
+        if hits:
+            found.append((OVERCOMPLETE, folder / hits[0]))
     if len(found) == 1:
         return found[0]
     listing = "\n".join(f"  - {name}: {desc}" for name, desc in LAYOUTS.items())

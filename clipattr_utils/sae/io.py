@@ -15,7 +15,8 @@ identity the SAE was trained on, the training config, metrics).
 * SAELens folders (``cfg.json`` + ``sae_weights.safetensors``) — :mod:`.formats_saelens`;
 * EleutherAI sparsify folders (``cfg.json`` without our ``format`` key + ``sae.safetensors``)
   — :mod:`.formats_sparsify`;
-* ViT-Prisma CLIP SAEs (``config.json`` + ``weights.pt``) — :mod:`.published`.
+* ViT-Prisma CLIP SAEs (``config.json`` + ``weights.pt``) — :mod:`.published`;
+* overcomplete ``TopKSAE`` state dicts (one ``*.pt``, ``k=`` from the caller) — :mod:`.formats_overcomplete`.
 
 Each refuses, naming the file and the config key, every setting this top-k SAE cannot
 reproduce. :func:`save_sae` with ``format="saelens"`` (or :func:`save_saelens`) exports to
@@ -37,6 +38,7 @@ from ..storage import save_tensors_atomic, write_json_atomic  # noqa: F401  (re-
 from .formats import (CFG_JSON, CLIPATTR, LAYOUTS, OUR_FORMAT, OUR_TENSORS, OUR_WEIGHTS, PRISMA, PRISMA_CONFIG,
                       SAELENS, SAELENS_WEIGHTS, SPARSIFY, FormatError, SAEParts, UnknownLayoutError, build_sae,
                       check_shapes, detect_layout, read_json, read_safetensors, require_int, subfolder_hint, warn_unit_norm)
+from .formats_overcomplete import OVERCOMPLETE, read_overcomplete
 from .formats_saelens import read_saelens, save_saelens
 from .formats_sparsify import read_sparsify
 from .model import ARCHITECTURES, TopKSAE
@@ -208,7 +210,7 @@ def hub_files(listing: list[str], prefix: str = "", hint: str | None = None) -> 
 
 def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
              revision: str | None = None, device: str | torch.device = "cpu", clip: Any = None,
-             max_active: int | None = None) -> TopKSAE:
+             max_active: int | None = None, k: int | None = None) -> TopKSAE:
     """Load an SAE folder (local, or a Hugging Face repo id with optional ``subfolder``).
 
     The layout (ours, SAELens, sparsify, Prisma) is picked from the files present; see the
@@ -227,6 +229,8 @@ def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfol
             width, model name / pretrained tag, layer); also supplies ``d_in``.
         max_active: the code width of a JumpReLU SAE (the most latents one sample keeps; see
             :mod:`.model`); an error for a top-k SAE, whose width is its k.
+        k: the k of a top-k SAE whose file does not store it (overcomplete's state dicts);
+            for any other layout it must equal the file's k.
 
     ``sae.meta`` records the provenance: ``source``, and for imported layouts
     ``source_format``, ``source_config``, and where known ``model_name``, ``hook_name``,
@@ -234,7 +238,16 @@ def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfol
     """
     folder, hint = resolve(path_or_repo, subfolder, revision, with_hint=True)
     layout, weights_path = detect_layout(folder, hint)
-    parts = READERS[layout](folder, weights_path)
+    if layout == OVERCOMPLETE:
+        parts = read_overcomplete(folder, weights_path, k)
+    else:
+        parts = READERS[layout](folder, weights_path)
+        if k is not None and "threshold" not in parts.tensors and int(k) != parts.k:
+            raise ValueError(f"TopKSAE.load: k={k} was passed, but {parts.weights_path} is a top-k SAE with "
+                             f"k={parts.k}; leave k out, the file says it")
+        if k is not None and "threshold" in parts.tensors:
+            raise ValueError(f"TopKSAE.load: {parts.weights_path} is a JumpReLU SAE (no k); its code width is "
+                             "max_active=")
     if max_active is not None:
         if "threshold" not in parts.tensors:
             raise ValueError(f"TopKSAE.load: max_active={max_active} applies to JumpReLU SAEs; the SAE in {folder} "

@@ -276,9 +276,9 @@ class TopKSAE(nn.Module):
     @classmethod
     def load(cls, path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
              revision: str | None = None, device: str | torch.device = "cpu",
-             max_active: int | None = None) -> "TopKSAE":
+             max_active: int | None = None, k: int | None = None) -> "TopKSAE":
         """Load from a local folder or a Hugging Face repo id (see :func:`.io.load_sae`;
-        ``max_active``: a JumpReLU SAE's code width).
+        ``max_active``: a JumpReLU SAE's code width; ``k``: for files that do not store it).
 
         ``d_in`` is the feature width the caller will feed; a mismatch is an error naming
         both shapes.
@@ -286,7 +286,7 @@ class TopKSAE(nn.Module):
         from .io import load_sae
 
         return load_sae(path_or_repo, d_in=d_in, subfolder=subfolder, revision=revision, device=device,
-                        max_active=max_active)
+                        max_active=max_active, k=k)
 
     # ------------------------------------------------------------------ helpers
 
