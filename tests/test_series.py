@@ -186,8 +186,8 @@ def test_sandbox_fast_preset_executes_every_notebook_into_one_run(tmp_path, feat
 @pytest.mark.e2e
 def test_series_runs_with_batchtopk_and_matryoshka_saes(tmp_path, feature_cache):
     """The SAE families through the series (issue 27): notebook 01 trains a BatchTopK SAE, which
-    02-04 load and explain (a jumprelu code of varying L0), and notebook 05 trains a Matryoshka
-    one; sizes of the sandbox-fast preset. In this module, so it runs after the sandbox-fast test
+    02-04 and the atlas load and explain (a jumprelu code of varying L0), and notebook 05 trains
+    a Matryoshka one; sizes of the sandbox-fast preset. In this module, so it runs after the sandbox-fast test
     on the same worker: the runner locks the shared cache while it runs."""
     import yaml
 
@@ -200,9 +200,10 @@ def test_series_runs_with_batchtopk_and_matryoshka_saes(tmp_path, feature_cache)
     spec["05"]["sae_family"] = "matryoshka"
     preset = tmp_path / "families.yaml"
     preset.write_text(yaml.safe_dump(spec))
-    out = series.run_series(preset, out=tmp_path / "run", cache_dir=feature_cache, report=False)
+    out = series.run_series(preset, out=tmp_path / "run", cache_dir=feature_cache)
     status = {r.number: r.status for r in series.run_status(out)}
     assert status == {n: "ok" for n in ("01", "02", "03", "04", "05")}, series.run_failed(out)
+    assert (out / "atlas" / "index.html").is_file()  # the latent atlas of the BatchTopK SAE
     cfg = json.loads((out / "01_sae_training" / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == "jumprelu" and cfg["family"] == "batchtopk"
     lesion = json.loads((out / "05_melanoma_case" / "sae" / "cfg.json").read_text())
