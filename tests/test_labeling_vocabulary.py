@@ -101,3 +101,37 @@ def test_vocabulary_build_subset_and_empty_prompt(labeler):
     assert "Vocabulary(" in repr(sub)
     with pytest.raises(ValueError, match="do not match"):
         Vocabulary(frame, vocab.embeddings[:3], vocab.empty)
+
+
+def test_vocabulary_text_cache_is_used_only_on_an_exact_key(labeler, tmp_path, monkeypatch):
+    """The second build reads the cached embeddings (no text encoding), equal to a fresh build;
+    other templates, other prompts or changed text weights each get embeddings of their own."""
+    import copy
+
+    labels = ["boat", "water", "a brick wall"]
+    first = Vocabulary.build(labeler, labels, templates=("a photo of {}",), cache_dir=tmp_path)
+    calls = []
+    real = type(labeler).encode_text
+
+    def counting(self, texts, *a, **kw):
+        calls.append(list(texts))
+        return real(self, texts, *a, **kw)
+
+    monkeypatch.setattr(type(labeler), "encode_text", counting)
+    again = Vocabulary.build(labeler, labels, templates=("a photo of {}",), cache_dir=tmp_path)
+    assert calls == [] and "text_cache" in again.meta
+    torch.testing.assert_close(again.embeddings, first.embeddings)
+    torch.testing.assert_close(again.empty, first.empty)
+    fresh = Vocabulary.build(labeler, labels, templates=("a photo of {}",))
+    torch.testing.assert_close(again.embeddings, fresh.embeddings)
+    calls.clear()
+    Vocabulary.build(labeler, labels, templates=("{}",), cache_dir=tmp_path)
+    Vocabulary.build(labeler, labels[::-1], templates=("a photo of {}",), cache_dir=tmp_path)
+    assert len(calls) == 4  # two new keys, each embedding its labels and the empty prompt
+    other = copy.deepcopy(labeler)
+    with torch.no_grad():
+        proj = dict(other.model.named_parameters())["text_projection"]
+        proj.add_(0.5 * torch.randn(proj.shape, generator=torch.Generator().manual_seed(0)))
+    changed = Vocabulary.build(other, labels, templates=("a photo of {}",), cache_dir=tmp_path)
+    assert len(calls) == 6 and not torch.allclose(changed.embeddings, first.embeddings)
+    assert len(list(tmp_path.glob("text-*"))) == 4

@@ -22,8 +22,13 @@ prompt ``""`` for the paper's template).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -170,6 +175,37 @@ def as_frame(vocab: Sequence[str] | pd.DataFrame, dedupe: bool = True) -> pd.Dat
 
 # ---------------------------------------------------------------------------- text embeddings
 
+TEXT_CACHE_TENSORS = "text_embeddings.safetensors"
+TEXT_CACHE_KEY = "key.json"
+
+
+def text_cache_key(labeler: Any, prompts: Sequence[str], templates: Sequence[str]) -> dict:
+    """Everything that determines a vocabulary's text embeddings: the labeler's name and tag, a
+    hash of its weights outside the vision tower (the text side), the templates, and a hash of
+    the exact prompts in order."""
+    model = getattr(labeler, "model", None)
+    h = hashlib.sha256()
+    if model is not None:
+        for key, tensor in sorted(model.state_dict().items()):
+            if key.startswith("visual."):
+                continue
+            h.update(key.encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    prompts_hash = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
+    return {"format": 1, "labeler": {"name": str(getattr(labeler, "name", "")),
+                                     "pretrained": str(getattr(labeler, "pretrained", "")),
+                                     "text_sha256": h.hexdigest() if model is not None else None},
+            "templates": list(templates), "n_prompts": len(prompts), "prompts_sha256": prompts_hash}
+
+
+def _key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "x"
+
+
 
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if isinstance(templates, str):
@@ -239,13 +275,38 @@ class Vocabulary:
 
     @classmethod
     def build(cls, labeler: Any, vocab: Sequence[str] | pd.DataFrame, templates: Sequence[str] = PAPER_TEMPLATES,
-              dedupe: bool = True, batch_size: int = 256, progress: bool | None = None) -> "Vocabulary":
-        """Embed ``vocab`` (labels or a ``label, attribute, value`` frame) with ``labeler``."""
+              dedupe: bool = True, batch_size: int = 256, progress: bool | None = None,
+              cache_dir: str | os.PathLike | None = None) -> "Vocabulary":
+        """Embed ``vocab`` (labels or a ``label, attribute, value`` frame) with ``labeler``.
+
+        ``cache_dir``: keep the text embeddings there (`text_cache_key`: the labeler's name, tag
+        and text-side weights, the templates and the exact prompts), so the 21,843 ImageNet-21k
+        names are embedded once (about 10 minutes on a CPU with MobileCLIP-S2), not in every
+        notebook. A cache is used only when its whole key matches."""
         templates = _check_templates(templates)
         frame = as_frame(vocab, dedupe=dedupe)
-        emb = encode_vocabulary(labeler, _prompts(frame), templates, batch_size, progress)
+        prompts = _prompts(frame)
+        name = str(getattr(labeler, "name", ""))
+        if cache_dir is None:
+            emb = encode_vocabulary(labeler, prompts, templates, batch_size, progress)
+            empty = encode_vocabulary(labeler, [""], templates, batch_size, False)[0]
+            return cls(frame, emb, empty, templates, name)
+        from ..storage import save_tensors_atomic, write_json_atomic
+
+        key = text_cache_key(labeler, prompts, templates)
+        folder = Path(cache_dir) / f"text-{_slug(name)}-{_key_hash(key)}"
+        tensors, key_file = folder / TEXT_CACHE_TENSORS, folder / TEXT_CACHE_KEY
+        if tensors.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
+            from safetensors.torch import load_file
+
+            saved = load_file(str(tensors))
+            return cls(frame, saved["embeddings"], saved["empty"], templates, name, {"text_cache": str(folder)})
+        emb = encode_vocabulary(labeler, prompts, templates, batch_size, progress)
         empty = encode_vocabulary(labeler, [""], templates, batch_size, False)[0]
-        return cls(frame, emb, empty, templates, str(getattr(labeler, "name", "")))
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tensors_atomic(tensors, {"embeddings": emb, "empty": empty})
+        write_json_atomic(key_file, key)  # last: a key names only complete embeddings
+        return cls(frame, emb, empty, templates, name, {"text_cache": str(folder)})
 
     @property
     def labels(self) -> list[str]:
