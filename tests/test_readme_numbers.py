@@ -96,6 +96,18 @@ DOC_NUMBERS = [
     ("docs/labeling.md", "15–25 per seed of 326–361 (seeds 40–44)", RESULTS,
      ("| 24 of 326 |", "| 21 of 361 |", "| 15 of 329 |", "| 17 of 341 |", "| 25 of 338 |",
       "held-out seeds 40–44")),
+    # SAE families (issue 27): benchmarks/sae_families.py on seeds 50 / 51
+    ("README.md", "| top-k | 0.045 / 0.046 | 19 / 16 % | 99 / 98 % | 4 / 4 | 3 / 3 |", RESULTS,
+     ("| top-k | 0.045 / 0.046 | 19 / 16 % | 99 / 98 % | 4 / 4 | 3 / 3 |",
+      "| top-k | 0.045 / 0.046 | 0.005 / 0.005 | 32.0 / 32.0 | 0.194 / 0.164 | 0.991 / 0.985 |")),
+    ("README.md", "| BatchTopK | 0.052 / 0.052 | 15 / 14 % | 99 / 99 % | 4 / 4 | 3 / 9 |", RESULTS,
+     ("| BatchTopK | 0.052 / 0.052 | 15 / 14 % | 99 / 99 % | 4 / 4 | 3 / 9 |",
+      "| BatchTopK | 0.052 / 0.052 | 0.004 / 0.002 | 33.2 / 33.2 | 0.147 / 0.142 | 0.985 / 0.990 |")),
+    ("README.md", "| Matryoshka | 0.030 / 0.031 | 10 / 9 % | 96 / 99 % | 4 / 4 | 2 / 5 |", RESULTS,
+     ("| Matryoshka | 0.030 / 0.031 | 10 / 9 % | 96 / 99 % | 4 / 4 | 2 / 5 |",
+      "| Matryoshka | 0.030 / 0.031 | 0.000 / 0.003 | 32.0 / 32.0 | 0.097 / 0.089 | 0.961 / 0.991 |")),
+    ("README.md", "1.2× BatchTopK's and 1.9× Matryoshka's share of pure latents", RESULTS,
+     ("14.4 % for BatchTopK (1.2× fewer)", "9.3 % for Matryoshka (1.9× fewer)")),
     # failure mining: notebook 04 on seeds 0 and 1, the labels of the found pairs, App. D.2
     ("docs/mining.md", "found: top pair z 12.5, 17 of 18 distractors show fire | 291 |", RESULTS,
      "| 291 | z 12.5 (17/18)"),
