@@ -317,6 +317,20 @@ def _write_sparsify(folder, cfg, w, **extra):
     return folder
 
 
+def test_sparsify_multi_topk_loads_with_k_and_readme_says_what_forward_does(tmp_path):
+    """Issue 27 (g): a sparsify SAE trained with multi_topk loads with its k (sparsify's
+    encode() keeps k; only its forward() decodes the top 4k for the Multi-TopK loss), and README
+    says so next to the published-SAE paragraph."""
+    w = _weights(seed=4)
+    folder = _write_sparsify(tmp_path / "mt", {**SPARSIFY_CFGS["sparsify-1"], "multi_topk": True}, w)
+    sae = TopKSAE.load(folder)
+    x = _x()
+    assert sae.k == K
+    torch.testing.assert_close(_dense(sae, x), _relu_then_topk(_pre(w, x), K))
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "`multi_topk: true` loads with its k" in readme and "decodes the top 4k latents" in readme
+
+
 @pytest.mark.parametrize("version", sorted(SPARSIFY_CFGS))
 def test_sparsify_folder_loads_and_encodes_like_sparsify(tmp_path, version):
     w = _weights(seed=2)
