@@ -192,7 +192,6 @@ class TrainConfig:
         sizes = tuple(max(1, round(f * self.d_sae)) for f in self.matryoshka_prefixes)
         return tuple(sorted(set(sizes)))
 
-
     def milestones(self) -> tuple[int, ...]:
         if self.lr_decay_epochs is not None:
             return self.lr_decay_epochs
@@ -221,7 +220,8 @@ class TrainResult(NamedTuple):
     sae: TopKSAE
     """The trained SAE (``sae.meta`` holds the data identity and the config)."""
     steps: pd.DataFrame
-    """One row per optimiser step: epoch, step, lr, loss (the reconstruction loss ``cfg.loss``),
+    """One row per optimiser step: epoch, step, lr, loss (the reconstruction loss ``cfg.loss``;
+    Matryoshka: its mean over the nested prefixes),
     aux_loss (L_aux before its coefficient; 0 when no latent is dead), fvu (of the batch, vs
     its mean), l0, dead_frac (by the training-time ``dead_threshold`` counter)."""
     epochs: pd.DataFrame
@@ -506,7 +506,8 @@ def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: s
 
 @torch.no_grad()
 def _max_l0(sae: TopKSAE, src: FeatureSource, threshold: float, batch_size: int) -> int:
-    """The largest number of latents over ``threshold`` in any row of ``src``."""
+    """The largest number of latents over ``threshold`` in any row of ``src`` (one encoder pass
+    over the training features, after training: what sizes a BatchTopK SAE's code width)."""
     most = 0
     for start in range(0, src.n, batch_size):
         x = src.take(np.arange(start, min(start + batch_size, src.n))).to(sae.W_enc.device)
