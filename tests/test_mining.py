@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 import clipattr_utils as ca
 from clipattr_utils import mining as mi
@@ -429,3 +430,41 @@ def test_probe_scores_for_classes_it_never_saw_rank_below_the_seen_ones():
     assert (s[:, [1, 4]].max() < s[:, [0, 2, 3]].min())
     z = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     np.testing.assert_allclose(s[:, [0, 2, 3]], probe.decision_function(z.astype(np.float32)), rtol=1e-5, atol=1e-6)
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+
+
+def test_failure_aucs_read_score_columns_without_the_dense_matrix():
+    """Issue 24: the scores of every pool image for every class and variant are never held
+    whole. The AUCs equal those from the dense matrices, and the process's peak memory while
+    scoring (Linux: peak RSS reset through /proc/self/clear_refs) stays far below the two dense
+    (N, C) matrices (160 MB here)."""
+    import os
+
+    from clipattr_utils.mining import evaluate as ev
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+    g = torch.Generator().manual_seed(0)
+    n, c, d = 50000, 400, 32
+    emb = torch.randn(n, d, generator=g)
+    prompts = {"short": torch.randn(c, d, generator=g), "full": torch.randn(c, d, generator=g)}
+    labels = np.arange(n) % c
+    samples = pd.DataFrame({"class": "k3", "latent": 7, "row": np.arange(0, 600, 7)})
+    failures = pd.DataFrame({"class": ["k3"], "class_index": [3], "latent": [7], "failure_type": ["spurious"]})
+    ev.failure_aucs(ev.variant_scores(emb[:50], prompts), labels[:50], failures, samples[:1])  # imports, warm-up
+    base = _status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    got = ev.failure_aucs(ev.variant_scores(emb, prompts), labels, failures, samples)
+    added = _status_mb("VmHWM") - base
+    assert added < 40, f"scoring added {added:.0f} MB; the dense matrices are {2 * n * c * 4 / 2**20:.0f} MB"
+    z = F.normalize(emb, dim=-1)
+    dense = {k: (z @ t.T).numpy() for k, t in prompts.items()}
+    want = ev.failure_aucs(dense, labels, failures, samples)
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ev.variant_scores(emb[:500], prompts)["full"]), dense["full"][:500],
+                               rtol=1e-5, atol=1e-5)

@@ -70,18 +70,77 @@ def train_probe(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, seed
     return clf
 
 
-def variant_scores(image_emb: torch.Tensor, prompts: dict[str, torch.Tensor], probe: Any = None) -> dict[str, np.ndarray]:
-    """(N, C) scores per variant from (N, d_post) image embeddings."""
-    z = F.normalize(image_emb.float(), dim=-1)
-    out = {k: (z @ t.T).numpy() for k, t in prompts.items()}
+class ScoreColumns:
+    """(N, C) linear scores z @ W.T + b of one variant, computed a class column at a time.
+
+    `failure_aucs` reads one column per failure set (``s[rows, c]``), so the whole matrix --
+    256,000 pool images x 1,000 classes x 5 variants, 5 GB at ImageNet size -- never exists.
+    Indexing takes ``[rows, c]`` or ``[rows, [c1, c2, ...]]``; ``np.asarray(s)`` builds the dense
+    matrix when it is wanted (small pools). Columns of ``missing`` classes (a probe that never
+    saw them) hold ``fill`` everywhere."""
+
+    def __init__(self, z: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
+                 columns: np.ndarray | None = None, n_classes: int | None = None, fill: float = 0.0):
+        self.z = z
+        self.weight, self.bias = weight, bias
+        self.columns = np.arange(len(weight)) if columns is None else np.asarray(columns)
+        self.n_classes = int(n_classes if n_classes is not None else len(weight))
+        self._where = {int(c): i for i, c in enumerate(self.columns)}
+        self.fill = float(fill)
+        self._last: tuple[int, np.ndarray] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.z), self.n_classes)
+
+    def column(self, c: int) -> np.ndarray:
+        """(N,) scores of class ``c``."""
+        c = int(c)
+        if not 0 <= c < self.n_classes:
+            raise IndexError(f"class {c} out of range 0..{self.n_classes - 1}")
+        if self._last is not None and self._last[0] == c:
+            return self._last[1]
+        i = self._where.get(c)
+        if i is None:
+            col = np.full(len(self.z), self.fill, dtype=np.float32)
+        else:
+            col = self.z @ self.weight[i]
+            if self.bias is not None:
+                col = col + self.bias[i]
+        self._last = (c, col)
+        return col
+
+    def __getitem__(self, key: tuple[Any, Any]) -> np.ndarray:
+        rows, cols = key
+        if np.ndim(cols) == 0:
+            return self.column(int(cols))[rows]
+        return np.stack([self.column(int(c))[rows] for c in cols], axis=-1)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.stack([self.column(c) for c in range(self.n_classes)], axis=1)
+        return out if dtype is None else out.astype(dtype)
+
+
+def _min_score(z: np.ndarray, weight: np.ndarray, bias: np.ndarray, chunk_rows: int = 8192) -> float:
+    """min over rows and classes of z @ weight.T + bias, in row chunks."""
+    return float(min((z[s:s + chunk_rows] @ weight.T + bias).min() for s in range(0, len(z), chunk_rows)))
+
+
+def variant_scores(image_emb: torch.Tensor, prompts: dict[str, torch.Tensor], probe: Any = None
+                   ) -> dict[str, ScoreColumns]:
+    """(N, C) scores per variant from (N, d_post) image embeddings, as `ScoreColumns` (one class
+    column at a time). The probe's are its decision function, z @ coef.T + intercept, for the
+    classes it saw; classes it never saw score below all it did."""
+    z = F.normalize(image_emb.float(), dim=-1).numpy()
+    out = {k: ScoreColumns(z, t.float().numpy()) for k, t in prompts.items()}
     if probe is not None:
-        d = probe.decision_function(z.numpy())
         n_classes = next(iter(prompts.values())).shape[0]
-        if d.shape[1] != n_classes:  # classes the probe never saw rank below all it did
-            full = np.full((len(d), n_classes), d.min() - 1.0)
-            full[:, probe.classes_] = d
-            d = full
-        out["probe"] = d
+        coef, intercept = np.asarray(probe.coef_, np.float32), np.asarray(probe.intercept_, np.float32)
+        if len(coef) != len(probe.classes_):
+            raise ValueError(f"variant_scores: the probe has {len(coef)} weight rows for {len(probe.classes_)} "
+                             "classes (a binary probe); train it on at least 3 classes")
+        fill = _min_score(z, coef, intercept) - 1.0 if len(probe.classes_) != n_classes else 0.0
+        out["probe"] = ScoreColumns(z, coef, intercept, probe.classes_, n_classes, fill)
     return out
 
 
@@ -180,5 +239,5 @@ def plot_failure_aucs(aucs: pd.DataFrame):
     return fig
 
 
-__all__ = ["TEMPLATES", "VARIANTS", "TABLE1", "auroc", "prompt_embeddings", "train_probe", "variant_scores",
+__all__ = ["TEMPLATES", "VARIANTS", "TABLE1", "auroc", "prompt_embeddings", "train_probe", "variant_scores", "ScoreColumns",
            "failure_aucs", "summary", "table1", "probe_vs_prompts", "plot_failure_aucs"]
