@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ class Pool:
     reason: str = ""
 
 
-def rebuild_pool(spec: dict) -> Pool:
-    """The image set a ``pool.json`` describes (sandbox worlds, ImageNet-style folders)."""
+def rebuild_pool(spec: dict, wanted: Iterable[str] | None = None) -> Pool:
+    """The image set a ``pool.json`` describes (sandbox worlds, ImageNet-style folders).
+
+    ``wanted``: the sample ids the caller will look up; the id -> row map then holds only those
+    (one pass over the pool's ids, not a 1.28 M-entry dict for an ImageNet-train pool)."""
     kind = spec.get("kind")
     try:
         if kind == "sandbox.make_dataset" or "make_dataset" in spec:
@@ -51,7 +55,15 @@ def rebuild_pool(spec: dict) -> Pool:
             return Pool(reason=f"pool.json describes a {kind!r} pool, which the atlas cannot rebuild")
     except Exception as e:  # a report should still come out when images cannot be made
         return Pool(reason=f"the pool could not be rebuilt ({type(e).__name__}: {e})")
-    return Pool(images, {images.sample_id(i): i for i in range(len(images))})
+    if wanted is None:
+        return Pool(images, {images.sample_id(i): i for i in range(len(images))})
+    wanted = set(map(str, wanted))
+    rows = {}
+    for i in range(len(images)):
+        sid = images.sample_id(i)
+        if sid in wanted:
+            rows[sid] = i
+    return Pool(images, rows)
 
 
 def _read_json(path: Path) -> Any:
@@ -117,9 +129,9 @@ def _flagged(run_dir: Path) -> tuple[dict[int, list[dict]], str]:
             from .mining import sandbox_classes
             from .mining.ground_truth import pair_truth
 
-            pool = rebuild_pool(pool_spec)
+            samples = pd.read_csv(samples_path)
+            pool = rebuild_pool(pool_spec, wanted=samples["sample_id"])
             if pool.images is not None:
-                samples = pd.read_csv(samples_path)
                 samples["row"] = samples["sample_id"].map(pool.rows)
                 truth = pair_truth(flagged, samples.dropna(subset=["row"]).astype({"row": int}),
                                    pool.images.attributes, sandbox_classes())
@@ -166,7 +178,8 @@ def write_atlas(run_dir: Path, n_show: int = N_SHOW) -> Path | None:
     top = top.sort_values(["latent", "rank"])
     by_latent = {int(j): g.head(n_show) for j, g in top.groupby("latent")}
     spec = _read_json(folder / "pool.json")
-    pool = rebuild_pool(spec) if spec else Pool(reason="notebook 02 wrote no pool.json")
+    shown = pd.concat(list(by_latent.values()))["sample_id"] if by_latent else []
+    pool = rebuild_pool(spec, wanted=shown) if spec else Pool(reason="notebook 02 wrote no pool.json")
     top_labels = _top_labels(folder)
     kinds = _label_kinds(folder)
     relevant = _relevant_classes(folder)

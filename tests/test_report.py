@@ -194,3 +194,17 @@ def test_atlas_reads_an_imagenet_pool(tmp_path, imagenet_sample):
     assert len(srcs) == 2 and "Cards show no images" not in page
     assert max(Image.open(run / "atlas" / srcs[0]).size) <= THUMB
     assert f"classes of the top images: {pool.classnames[pool.label(0)]}" in page
+
+
+def test_rebuilt_pool_maps_only_the_ids_asked_for(imagenet_sample):
+    """Issue 24: the atlas looks up the top images it shows, so its id -> row map holds those
+    ids only, not one entry per pool image (1.28 M for an ImageNet-train pool)."""
+    from clipattr_utils.atlas import rebuild_pool
+    from clipattr_utils.data import ImageNetFolder
+
+    spec = {"kind": "ImageNetFolder", "root": str(imagenet_sample), "max_per_class": None}
+    images = ImageNetFolder(imagenet_sample)
+    want = [images.sample_id(i) for i in (3, 17, 40)]
+    pool = rebuild_pool(spec, wanted=want + ["not/in/the/pool.JPEG"])
+    assert pool.rows == {sid: i for sid, i in zip(want, (3, 17, 40))}
+    assert len(rebuild_pool(spec).rows) == len(images)
