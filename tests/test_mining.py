@@ -468,3 +468,32 @@ def test_failure_aucs_read_score_columns_without_the_dense_matrix():
     pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(ev.variant_scores(emb[:500], prompts)["full"]), dense["full"][:500],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_torch_probe_reaches_sklearns_optimum():
+    """The torch solver minimises sklearn's own objective (C * cross-entropy + ||W||^2 / 2, the
+    intercept unpenalised): it reaches an objective at least as low, the same probabilities to
+    2e-3, and plugs into variant_scores with classes it never saw, like sklearn's."""
+    from clipattr_utils.mining import evaluate as ev
+
+    rng = np.random.default_rng(1)
+    n, d, c = 600, 24, 8
+    y = rng.integers(0, c, n)
+    x = rng.normal(size=(c, d))[y] + 1.5 * rng.normal(size=(n, d))
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sk = ev.train_probe(x, y, c, C=2.0)
+    tp = ev.train_probe(x, y, c, C=2.0, solver="torch")
+
+    def objective(p):
+        logits = torch.as_tensor(p.decision_function(z), dtype=torch.float64)
+        return float(2.0 * F.cross_entropy(logits, torch.as_tensor(y), reduction="sum") + 0.5 * (p.coef_ ** 2).sum())
+
+    assert objective(tp) <= objective(sk) + 1e-3
+    prob = {k: torch.softmax(torch.as_tensor(p.decision_function(z)), 1).numpy() for k, p in (("sk", sk), ("t", tp))}
+    assert np.abs(prob["sk"] - prob["t"]).max() < 2e-3
+    keep = y != 3  # a class the probe never sees
+    partial = ev.train_probe(x[keep], y[keep], c, solver="torch", require_all_classes=False)
+    s = ev.variant_scores(torch.as_tensor(x, dtype=torch.float32), {"short": torch.randn(c, d)}, partial)["probe"]
+    assert s[:, 3].max() < s[:, [0, 1, 2, 4, 5, 6, 7]].min()
+    with pytest.raises(ValueError, match="solver"):
+        ev.train_probe(x, y, c, solver="liblinear")
