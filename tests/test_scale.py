@@ -45,7 +45,7 @@ def test_the_memory_bound_fails_a_stage_that_holds_a_dense_n_by_d_sae_matrix(tmp
     ok = _run(tmp_path, "--stages", "generate", "train", "metrics", "--keep")
     assert ok.returncode == 0, ok.stderr[-2000:]
     frame = pd.read_csv(tmp_path / "stages.csv")
-    assert list(frame["stage"]) == ["generate", "train", "metrics"] and (frame["peak_rss_gb"] > 0).all()
+    assert list(frame["stage"]) == ["generate", "train", "metrics"] and (frame["peak_anon_gb"] > 0).all()
     dense = _run(tmp_path, "--stages", "metrics", code=DENSE)
     assert dense.returncode != 0 and "stage metrics: peak RSS" in dense.stderr + dense.stdout, dense.stderr[-2000:]
 
