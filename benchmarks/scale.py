@@ -14,8 +14,9 @@ Synthetic data (``generate``): a planted dictionary of 4,096 unit atoms; each to
 mean plus 16 atoms (8 from a class-specific set of 64, 8 from all) with positive weights, plus
 noise; labeler embeddings (512-d) are a fixed random map of the tokens. Both are written through
 the package's own cache writer (`features.write_cache`), so every reader sees a real cache.
-Text embeddings (class prompts, the 21k labels) are random unit vectors: the stages' cost does
-not depend on what the labels say.
+The class prompts are the head's embeddings of the class means (plus a little noise), so each
+class scores highest on its own prompt, as a CLIP's zero-shot classes do; the 21k label
+embeddings are random unit vectors (the stages' cost does not depend on what the labels say).
 
 Each stage is the package call the notebooks make (no benchmark-only path): `train_sae`,
 `sae.evaluate`, `top_activating`, `label_latents` + `hidden_concepts`, `basis_diversity`,
@@ -47,12 +48,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, N_CLASSES, D_PRE, D_POST, D_LABELER = 1_281_167, 50_000, 1000, 768, 512, 512
 STAGES = ("generate", "train", "metrics", "top", "labeling", "diversity", "faithfulness", "mining", "probe", "atlas")
-FIXED_GB = {"generate": 1.3, "train": 2.0, "metrics": 2.0, "top": 1.9, "labeling": 2.6, "diversity": 2.6,
-            "faithfulness": 1.9, "mining": 3.9, "probe": 2.6, "atlas": 2.6}
+FIXED_GB = {"generate": 1.45, "train": 2.2, "metrics": 2.0, "top": 2.05, "labeling": 2.7, "diversity": 2.75,
+            "faithfulness": 2.1, "mining": 3.25, "probe": 2.6, "atlas": 2.75}
 """Per stage, the part of the peak RSS that does not grow with N: the interpreter and libraries,
 the SAE (30,000 x 768 twice), mining's per-class statistics (1,000 x 30,000), the 21,843-label
 vocabulary, and what earlier stages of the same run keep (the top-100 table, the labels): the
-peak anonymous RSS measured at scale 0.01 (2026-12-05) plus 0.6 GB; ``--max-rss-gb G`` bounds a
+peak anonymous RSS measured at scale 0.01 (2026-12-05) plus 0.8 GB; ``--max-rss-gb G`` bounds a
 stage's peak by FIXED_GB + G x scale, so at 0.01 a dense N x d_sae float32 matrix (1.5 GB)
 fails it."""
 
@@ -159,7 +160,11 @@ def run(scale: float, out: Path, stages: list[str], max_rss_gb: float | None, se
     g = torch.Generator().manual_seed(seed + 1)
     head = Head(1 + 0.1 * torch.randn(D_PRE, generator=g), 0.1 * torch.randn(D_PRE, generator=g),
                 torch.randn(D_PRE, D_POST, generator=g) / D_PRE ** 0.5, 1e-5)
-    text = F.normalize(torch.randn(N_CLASSES, D_POST, generator=g), dim=1)
+    # Class prompts that point at their classes (a class's tokens score highest on its own
+    # prompt), so that mining's outsiders are the few non-class tokens scoring like the class:
+    # with unrelated random prompts most of the pool would be every class's outsider.
+    with torch.no_grad():
+        text = F.normalize(head(syn.class_means) + 0.02 * torch.randn(N_CLASSES, D_POST, generator=g), dim=1)
     classnames = list(ca.data.imagenet_classnames())
     paths = {"train": out / "train", "val": out / "val", "labeler": out / "labeler"}
     state: dict = {}

@@ -78,7 +78,7 @@ def feature_cache(tmp_path_factory) -> Path:
 # the longest first keeps one long module from running alone at the end. Other modules keep
 # their order after these; a name not found is ignored.
 LONGEST_MODULES_FIRST = (
-    "test_series.py", "test_browser.py", "test_papermill_static.py", "test_notebook_06.py",
+    "test_series.py", "test_browser.py", "test_scale.py", "test_papermill_static.py", "test_notebook_06.py",
     "test_sandbox_derm.py", "test_notebook_05.py", "test_notebook_04.py", "test_sandbox_model.py",
     "test_challenge.py", "test_features.py", "test_notebook_02.py", "test_extract_distributed.py",
     "test_notebook_03.py", "test_notebook_00.py",
