@@ -275,11 +275,11 @@ def run(scale: float, out: Path, stages: list[str], max_rss_gb: float | None, se
         from clipattr_utils.labeling.outputs import write_outputs
 
         top = need("top", lambda: ca.top_activating(feats(), need("sae", sae), n=100, progress=False))
-        if "table" not in state:
-            raise SystemExit("the atlas needs the 'labeling' stage in the same run")
+        table = need("table", lambda: ca.label_latents(top, None, need("vocab", vocab), labeler_embeddings=labeler(),
+                                                        n_used=20, min_count=20, top_m=5, progress=False))
         run_dir = out / "run"
         shutil.rmtree(run_dir, ignore_errors=True)
-        write_outputs(run_dir / "02_labeling", table=state["table"], top=top, vocabulary=need("vocab", vocab),
+        write_outputs(run_dir / "02_labeling", table=table, top=top, vocabulary=need("vocab", vocab),
                       pool={"kind": "synthetic", "n": n}, hidden=state.get("hidden"))
         write_atlas(run_dir)
 
@@ -294,12 +294,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-rss-gb", type=float, default=None,
                    help="fail when a stage's peak RSS exceeds BASE + this x scale (e.g. 16 for the issue's bound)")
     p.add_argument("--keep", action="store_true", help="keep the generated caches (default: remove at the end)")
+    p.add_argument("--isolate", action="store_true",
+                   help="run each stage in a fresh process (its peak then holds nothing an earlier stage left; "
+                        "stages recompute the top-100 table and the labels they need)")
     a = p.parse_args(argv)
     if not os.path.exists("/proc/self/clear_refs"):
         sys.exit("scale.py measures peak RSS through Linux's /proc/self/clear_refs")
     out = a.out or ROOT / "runs" / f"scale-{a.scale:g}"
     try:
-        frame = run(a.scale, out, a.stages, a.max_rss_gb)
+        if a.isolate:
+            import subprocess
+
+            frames = []
+            for name in a.stages:  # one child at a time
+                cmd = [sys.executable, __file__, "--scale", str(a.scale), "--out", str(out), "--stages", name, "--keep"]
+                if a.max_rss_gb is not None:
+                    cmd += ["--max-rss-gb", str(a.max_rss_gb)]
+                subprocess.run(cmd, check=True)
+                frames.append(pd.read_csv(out / "stages.csv"))
+            frame = pd.concat(frames, ignore_index=True)
+        else:
+            frame = run(a.scale, out, a.stages, a.max_rss_gb)
     finally:
         if not a.keep:
             for name in ("train", "val", "labeler"):
