@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,14 +197,6 @@ def text_cache_key(labeler: Any, prompts: Sequence[str], templates: Sequence[str
             "templates": list(templates), "n_prompts": len(prompts), "prompts_sha256": prompts_hash}
 
 
-def _key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:40] or "x"
-
-
 
 def _check_templates(templates: Sequence[str]) -> tuple[str, ...]:
     if isinstance(templates, str):
@@ -291,10 +282,11 @@ class Vocabulary:
             emb = encode_vocabulary(labeler, prompts, templates, batch_size, progress)
             empty = encode_vocabulary(labeler, [""], templates, batch_size, False)[0]
             return cls(frame, emb, empty, templates, name)
+        from ..features import _slug, key_hash
         from ..storage import save_tensors_atomic, write_json_atomic
 
         key = text_cache_key(labeler, prompts, templates)
-        folder = Path(cache_dir) / f"text-{_slug(name)}-{_key_hash(key)}"
+        folder = Path(cache_dir) / f"text-{_slug(name)}-{key_hash(key)}"
         tensors, key_file = folder / TEXT_CACHE_TENSORS, folder / TEXT_CACHE_KEY
         if tensors.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
             from safetensors.torch import load_file

@@ -63,6 +63,12 @@ def _unit_labels(vocabulary: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
     return t, F.normalize(vocabulary.empty.float().reshape(-1), dim=0)
 
 
+def _single_image_scores(x: torch.Tensor, t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """(n, L) float64 s_i(t) = cos(x_i, t) - cos(x_i, t_empty) for rows x of labeler embeddings."""
+    x = F.normalize(x.float(), dim=1)
+    return (x @ t.T - (x @ e)[:, None]).double()
+
+
 @torch.no_grad()
 def pool_score_stats(labeler_embeddings: Any, vocabulary: Vocabulary, *,
                      budget_bytes: int = DEFAULT_SCORE_BYTES) -> PoolScoreStats:
@@ -79,8 +85,7 @@ def pool_score_stats(labeler_embeddings: Any, vocabulary: Vocabulary, *,
     total = torch.zeros(t.shape[0], dtype=torch.float64)
     total_sq = torch.zeros(t.shape[0], dtype=torch.float64)
     for start in range(0, src.n, block):
-        x = F.normalize(src.take(np.arange(start, min(start + block, src.n))).float(), dim=1)
-        s = (x @ t.T - (x @ e)[:, None]).double()
+        s = _single_image_scores(src.take(np.arange(start, min(start + block, src.n))), t, e)
         total += s.sum(0)
         total_sq += (s * s).sum(0)
     mean = total / src.n
@@ -138,8 +143,8 @@ def distractor_labels(flagged: pd.DataFrame, samples: pd.DataFrame, labeler_embe
         if rows is None or not len(rows):
             lab.append(""), eff.append(float("nan")), tops.append("")
             continue
-        x = F.normalize(src.take(np.array(rows, dtype=np.int64)).float(), dim=1)
-        d = ((x @ t.T - (x @ e)[:, None]).double().mean(0) - stats.mean) / stats.std.clamp_min(1e-12)
+        s = _single_image_scores(src.take(np.array(rows, dtype=np.int64)), t, e)
+        d = (s.mean(0) - stats.mean) / stats.std.clamp_min(1e-12)
         val, idx = torch.topk(d, m)
         lab.append(str(names[int(idx[0])])), eff.append(float(val[0]))
         tops.append("; ".join(str(names[int(i)]) for i in idx))
