@@ -90,6 +90,26 @@ def test_counterfactual_edits_add_exactly_the_attribute(kind, value):
         assert np.array_equal(top[kept], (a["text_y"] < 0.5).to_numpy()[kept])
 
 
+@pytest.mark.parametrize("kind,value", [("background", "water"), ("colour", "red"), ("word", "menu"),
+                                        ("tint", "present"), ("watermark", "present")])
+def test_taking_a_value_away_removes_it_where_it_is_and_nothing_else(kind, value):
+    images = make_dataset(40, "test", 6, recipe=ObjectRecipe.independent(), objects=["car", "boat", "tree"])
+    half = SandboxImageSet.concat([with_value(images.subset(np.arange(20)), kind, value), images.subset(np.arange(20, 40))])
+    had = carries(half.attributes, kind, value)
+    assert had[:20].all()
+    away = ch.PublicImages(half).take_away(kind, value)
+    assert len(away) == (1 if kind in ("tint", "watermark") else 2)
+    for edited in away:
+        b = edited._images.attributes
+        assert not carries(b, kind, value).any()
+        assert b["sample_id"].tolist() == half.attributes["sample_id"].tolist()
+        if kind not in ("tint", "watermark"):   # images without the value stay as they were
+            pd.testing.assert_frame_equal(b[~had].reset_index(drop=True), half.attributes[~had].reset_index(drop=True))
+    assert ch.images.removal_edits("companion", "fire") == []
+    with pytest.raises(ValueError, match="not an attribute value"):
+        ch.images.removal_edits("background", "lava")
+
+
 def test_public_images_hide_the_attribute_table():
     public = ch.PublicImages(make_dataset(12, "test", 0))
     with pytest.raises(AttributeError, match="attribute table"):
@@ -243,3 +263,31 @@ def test_the_benchmark_reads_seed_ranges_and_counts_per_kind():
     assert table.loc["tint", "found / passed"] == 1 and table.loc["tint", "missed / false alarm"] == 1
     assert table.loc["all planted", "challenges"] == 3 and table.loc["all planted", "found / passed"] == 2
     assert table.loc["control", "found / passed"] == 1 and table.loc["control", "missed / false alarm"] == 1
+
+
+def test_the_ablation_share_estimates_how_pure_a_latent_is(world):
+    """`ablation_shares` reads no attribute table, only what taking a value away does to each
+    latent's top images; against the planted truth it must track the share of those images
+    that carry the value (the scoring's purity), and never exceed it (taking a value away
+    from an image without it changes nothing)."""
+    import clipattr_utils as ca
+    from clipattr_utils.challenge.detective import _dense, ablation_shares
+
+    clip, sae = world["clip"], world["sae"]
+    pool = make_dataset(960, "test", 77, recipe=ObjectRecipe.independent())
+    x = ca.extract(clip, pool, world["cache"], progress=False).read()
+    acts = _dense(sae, x)
+    for kind, value in (("background", "water"), ("colour", "red"), ("word", "menu"), ("tint", "present")):
+        has = carries(pool.attributes, kind, value)
+        purity = {}
+        for j in torch.nonzero((acts > 0).sum(0) >= 20).flatten().tolist():
+            top = torch.argsort(acts[:, j], descending=True, stable=True)[:20].numpy()
+            purity[j] = float(has[top].mean())
+        ranked = sorted(purity, key=lambda j: -purity[j])
+        js = ranked[:10] + ranked[-5:]
+        shares = ablation_shares(sae, clip, ch.PublicImages(pool), acts, js, kind, value, world["cache"])
+        p, a = np.array([purity[j] for j in js]), np.array([shares[j] for j in js])
+        assert np.all(a <= p + 1e-9), (kind, list(zip(p, a)))
+        assert purity[js[0]] >= 0.7 and shares[js[0]] >= 0.5, (kind, purity[js[0]], shares[js[0]])
+        assert np.corrcoef(p, a)[0, 1] > 0.8, (kind, list(zip(p, a)))
+    assert ablation_shares(sae, clip, ch.PublicImages(pool), acts, js, "companion", "fire") == {}

@@ -167,8 +167,51 @@ class PublicImages(ImageSet):
                              f"{SHORTCUT_KINDS}")
         return PublicImages(with_value(self._images, kind, value))
 
+    def take_away(self, kind: str, value: str) -> list["PublicImages"]:
+        """The counterfactuals of these images without ``value`` of ``kind`` (`without_value`,
+        one per `removal_edits` entry), for checking that what a latent fires on is that
+        value. Like `edit` on an image that already carries the value, taking it away from an
+        image that does not is a no-op."""
+        return [PublicImages(without_value(self._images, kind, value, alt)) for _, alt in removal_edits(kind, value)]
+
     def __repr__(self) -> str:
         return f"PublicImages({len(self)} images, {len(self.classnames)} classes)"
 
 
-__all__ = ["EDIT_TINT", "carries", "with_value", "confounded_training_set", "test_set", "PublicImages"]
+def without_value(images: SandboxImageSet, kind: str, value: str, alternative: str) -> SandboxImageSet:
+    """``images`` with ``kind=value`` taken away where an image carries it: a tint or a
+    watermark switched off (``alternative`` "absent"), a background, colour or word replaced
+    by ``alternative``; images without the value are returned as they were, in place."""
+    if kind in ("tint", "watermark"):
+        return images.replace(**{kind: 0.0 if kind == "tint" else False})
+    if kind not in ("background", "colour", "word") or alternative == value:
+        raise ValueError(f"without_value: cannot take {kind}={value!r} away with {alternative!r}")
+    has = carries(images.attributes, kind, value)
+    if not has.any():
+        return images
+    rows, rest = np.flatnonzero(has), np.flatnonzero(~has)
+    part = images.subset(rows)
+    part = part.with_word(alternative) if kind == "word" else part.replace(**{kind: alternative})
+    joined = SandboxImageSet.concat([part, images.subset(rest)] if len(rest) else [part], note=f"without {kind}={value}")
+    return joined.subset(np.argsort(np.concatenate([rows, rest]), kind="stable"))
+
+
+def removal_edits(kind: str, value: str, n_swaps: int = 2) -> list[tuple[str, str]]:
+    """How `PublicImages.take_away` removes ``kind=value``: ``[(kind, "absent")]`` for a tint or
+    a watermark; for a background, colour or word, ``n_swaps`` other values of the kind to put
+    in its place (the next ones after ``value`` in `SHORTCUT_KINDS`' order, so the choice is
+    fixed); an empty list for the companion (the renderer cannot take a flame away without
+    moving the object)."""
+    if kind not in SHORTCUT_KINDS or value not in SHORTCUT_KINDS[kind]:
+        raise ValueError(f"removal_edits: {kind!r}={value!r} is not an attribute value of the sandbox; kinds and "
+                         f"values: {SHORTCUT_KINDS}")
+    if kind in ("tint", "watermark"):
+        return [(kind, "absent")]
+    if kind == "companion":
+        return []
+    values = SHORTCUT_KINDS[kind]
+    i = values.index(value)
+    return [(kind, values[(i + s) % len(values)]) for s in range(1, min(int(n_swaps), len(values) - 1) + 1)]
+
+
+__all__ = ["EDIT_TINT", "carries", "with_value", "without_value", "removal_edits", "confounded_training_set", "test_set", "PublicImages"]

@@ -44,6 +44,17 @@ def score(challenge: Challenge, result: Investigation, x_test: torch.Tensor, sae
                            "value": None if answer is None else answer.value,
                            "target": None if answer is None else answer.target,
                            "strength": None if answer is None else answer.strength}
+    # The best-scored suspect whether confirmed or not, so that a confirmation threshold can
+    # be chosen afterwards on development seeds from these rows alone (the ranking does not
+    # depend on it): at threshold t a planted challenge is found when top_right and top_z >= t,
+    # a control passes when top_z < t.
+    top = result.suspects.iloc[0] if len(result.suspects) else None
+    out["top_z"] = float(top["score"]) if top is not None else float("-inf")
+    out["top_suspect"] = "" if top is None else f"{top['class']}: {top['edit']} (latent {int(top['latent'])})"
+    out["top_right"] = False
+    if answer is not None and top is not None and top["class"] == answer.target:
+        out["top_purity"] = latent_purity(challenge, x_test, sae, int(top["latent"]), answer.kind, answer.value)
+        out["top_right"] = out["top_purity"] >= PURITY
     if answer is None:
         out["correct"] = result.verdict == NO_SHORTCUT_FOUND
         return out
