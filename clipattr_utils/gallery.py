@@ -5,6 +5,7 @@ image being explained. Figures only; the numbers come from the SAE code.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ def top_activating_rows(code: EncoderOutput | tuple[torch.Tensor, torch.Tensor],
 
 def latent_grid(image_set, rows_per_latent: Mapping[int, Sequence[int]], *, anchor: int | None = None,
                 anchor_title: str | None = None, caption: Callable[[int], str] | None = None,
-                n: int | None = None, scale: float = 1.5):
+                n: int | None = None, scale: float = 1.5,
+                heat: Callable[[int, Sequence[int]], Any] | None = None):
     """One row per latent: (optionally) the anchor image, then the images at its rows.
 
     Args:
@@ -41,6 +43,9 @@ def latent_grid(image_set, rows_per_latent: Mapping[int, Sequence[int]], *, anch
         anchor: a sample row shown first in every row (the image being explained).
         caption: row -> short title under each image (e.g. its class name).
         n: columns of examples (default: the longest list).
+        heat: ``(latent, rows) -> (len(rows), grid rows, grid columns)`` maps drawn over each
+            example (e.g. `spatial.heat_source(clip, sae, image_set)`: where the latent's
+            activation comes from); None shows the plain images.
     """
     import matplotlib.pyplot as plt
 
@@ -56,8 +61,15 @@ def latent_grid(image_set, rows_per_latent: Mapping[int, Sequence[int]], *, anch
             if r == 0 and anchor_title:
                 axes[r, 0].set_title(anchor_title, fontsize=8)
         axes[r, 0].set_ylabel(f"latent {j}", fontsize=8)
-        for c, i in enumerate(list(rows)[:n], start=first):
-            axes[r, c].imshow(np.asarray(image_set.load_image(int(i))))
+        shown = [int(i) for i in list(rows)[:n]]
+        maps = heat(int(j), shown) if heat is not None and shown else None
+        for c, i in enumerate(shown, start=first):
+            image = image_set.load_image(i)
+            if maps is not None:
+                from .spatial import overlay
+
+                image = overlay(image, maps[c - first])
+            axes[r, c].imshow(np.asarray(image))
             if caption is not None:
                 axes[r, c].set_title(caption(int(i)), fontsize=7)
     for ax in axes.ravel():

@@ -256,11 +256,14 @@ def _transform(points: Sequence[Point], cx: float, cy: float, half: float, angle
 
 
 def draw_sprite(canvas: Image.Image, sprite: str, rgb: Sequence[int], cx: float, cy: float,
-                half: float, angle_deg: float, background: Image.Image | None = None) -> None:
+                half: float, angle_deg: float, background: Image.Image | None = None,
+                mask: Image.Image | None = None) -> None:
     """Draw `sprite` onto `canvas` (in place), centred at (cx, cy) px with half-size `half` px.
 
     The "cutout" role (the hole of a cup handle) is filled with the matching background
-    pixels, so holes show the background and not a flat colour.
+    pixels, so holes show the background and not a flat colour. ``mask`` (mode "L", the
+    canvas's size), when given, gets the same polygons in 255 and the cutouts in 0: the
+    pixels this sprite drew.
     """
     if sprite not in SPRITES:
         raise ValueError(f"draw_sprite: unknown sprite {sprite!r}; expected one of {sorted(SPRITES)}")
@@ -272,10 +275,13 @@ def draw_sprite(canvas: Image.Image, sprite: str, rgb: Sequence[int], cx: float,
         if role == "cutout":
             if background is None:
                 raise ValueError("draw_sprite: a sprite with a cutout needs the background image")
-            mask = Image.new("L", canvas.size, 0)
-            ImageDraw.Draw(mask).polygon(poly, fill=255)
-            canvas.paste(background, (0, 0), mask)
+            hole = Image.new("L", canvas.size, 0)
+            ImageDraw.Draw(hole).polygon(poly, fill=255)
+            canvas.paste(background, (0, 0), hole)
             draw.line(poly + poly[:1], fill=line, width=width)
+            if mask is not None:
+                ImageDraw.Draw(mask).polygon(poly, fill=0)
+                ImageDraw.Draw(mask).line(poly + poly[:1], fill=255, width=width)
             continue
         if role == "main":
             fill = tuple(int(c) for c in rgb)
@@ -286,15 +292,21 @@ def draw_sprite(canvas: Image.Image, sprite: str, rgb: Sequence[int], cx: float,
         else:
             fill = tuple(role)  # type: ignore[arg-type]
         draw.polygon(poly, fill=fill, outline=line, width=width)
+        if mask is not None:
+            ImageDraw.Draw(mask).polygon(poly, fill=255, outline=255, width=width)
 
 
-def draw_word(canvas: Image.Image, word: str, x: float, y: float, px: int, dark: bool) -> None:
+def draw_word(canvas: Image.Image, word: str, x: float, y: float, px: int, dark: bool,
+              mask: Image.Image | None = None) -> None:
     """Draw `word` as a sign: a light (or dark) box with dark (or light) lettering, top-left
-    at (x, y), font size `px`. The box keeps the word legible on any background."""
+    at (x, y), font size `px`. The box keeps the word legible on any background. ``mask``
+    (mode "L"), when given, gets the sign's box in 255."""
     fill, box = ((10, 10, 10), (245, 245, 240)) if dark else ((250, 250, 250), (25, 25, 30))
     w, h = word_size(word, px)
     pad = max(1, px // 8)
     ImageDraw.Draw(canvas).rectangle([x - pad, y - pad, x + w + pad, y + h + pad], fill=box)
+    if mask is not None:
+        ImageDraw.Draw(mask).rectangle([x - pad, y - pad, x + w + pad, y + h + pad], fill=255)
     ImageDraw.Draw(canvas).text((x, y), word, font=font(px), fill=fill)
 
 
@@ -308,8 +320,9 @@ def word_size(word: str, px: int) -> tuple[int, int]:
 WATERMARK_TEXT = "(c) wm"
 
 
-def draw_watermark(img: Image.Image, corner: str, px: int) -> Image.Image:
-    """A translucent white corner stamp, like stock-photo watermarks."""
+def draw_watermark(img: Image.Image, corner: str, px: int, mask: np.ndarray | None = None) -> Image.Image:
+    """A translucent white corner stamp, like stock-photo watermarks. ``mask`` (float32, the
+    image's (H, W)), when given, gets the stamp's opacity in [0, 1] written into it."""
     if corner not in ("tl", "tr", "bl", "br"):
         raise ValueError(f"draw_watermark: corner must be tl/tr/bl/br, got {corner!r}")
     w, h = word_size(WATERMARK_TEXT, px)
@@ -319,6 +332,8 @@ def draw_watermark(img: Image.Image, corner: str, px: int) -> Image.Image:
     layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
     ImageDraw.Draw(layer).text((x, y), WATERMARK_TEXT, font=font(px), fill=(255, 255, 255, 150),
                                stroke_width=1, stroke_fill=(60, 60, 60, 110))
+    if mask is not None:
+        mask[...] = np.maximum(mask, np.asarray(layer)[..., 3] > 0)
     return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
 
 
@@ -359,32 +374,64 @@ def _finish(big: Image.Image, size: int) -> Image.Image:
     return big.resize((size, size), Image.BOX)
 
 
-def render_object(rec: Mapping, size: int = 64) -> Image.Image:
-    """Render one object-world record (see `world.OBJECT_FIELDS`) as a (size, size) RGB image."""
+OBJECT_MASKS = ("object", "companion", "word", "watermark", "background", "tint")
+"""What `render_object_masks` returns a mask of: the object's sprite, the flame beside it, the
+word's sign, the watermark stamp, the background (everything the sprite, flame and sign leave
+visible) and the tint (the whole image when tinted: the object world's tint is global)."""
+
+
+def _coverage(mask: Image.Image, size: int) -> np.ndarray:
+    """A 0/255 mask at twice the size -> (size, size) float32 share of each pixel covered (the
+    same 2x2 box average the image gets, without its rounding to 8 bits)."""
+    arr = np.asarray(mask, dtype=np.float32) / 255.0
+    f = arr.shape[0] // size
+    return arr.reshape(size, f, size, f).mean(axis=(1, 3))
+
+
+def render_object(rec: Mapping, size: int = 64, masks: dict[str, np.ndarray] | None = None) -> Image.Image:
+    """Render one object-world record (see `world.OBJECT_FIELDS`) as a (size, size) RGB image.
+
+    ``masks``, when given (a dict), is filled with one float32 (size, size) array in [0, 1] per
+    name of `OBJECT_MASKS`: the share of each pixel that element covers, drawn in the same
+    pass as the pixels (so a mask is exactly where the renderer drew)."""
     rng = np.random.default_rng(int(rec["render_seed"]))
     bg = render_background(str(rec["background"]), size, rng)
     big_size = 2 * size
     bg_img = Image.fromarray(np.round(bg).astype(np.uint8)).resize((big_size, big_size), Image.NEAREST)
     canvas = bg_img.copy()
+    want = masks is not None
+    layer = {name: Image.new("L", canvas.size, 0) for name in ("object", "companion", "word")} if want else {}
     draw_sprite(canvas, str(rec["sprite"]), COLOURS[str(rec["colour"])],
                 float(rec["cx"]) * big_size, float(rec["cy"]) * big_size,
-                float(rec["scale"]) * big_size, float(rec["angle"]), background=bg_img)
+                float(rec["scale"]) * big_size, float(rec["angle"]), background=bg_img, mask=layer.get("object"))
     companion = rec.get("companion") or ""
     if companion:
         draw_sprite(canvas, str(companion), COLOURS["orange"], float(rec["companion_cx"]) * big_size,
                     float(rec["companion_cy"]) * big_size, float(rec["companion_scale"]) * big_size, 0.0,
-                    background=bg_img)
+                    background=bg_img, mask=layer.get("companion"))
+        if want:   # the flame is drawn over the object
+            layer["object"].paste(0, (0, 0), layer["companion"])
     word = rec.get("text") or ""
     if word:
         px = int(round(float(rec["text_px"]) * big_size))
         draw_word(canvas, str(word), float(rec["text_x"]) * big_size, float(rec["text_y"]) * big_size,
-                  px, bool(rec["text_dark"]))
+                  px, bool(rec["text_dark"]), mask=layer.get("word"))
+        if want:   # the sign is drawn over both
+            for name in ("object", "companion"):
+                layer[name].paste(0, (0, 0), layer["word"])
     img = _finish(canvas, size)
+    stamp = np.zeros((size, size), np.float32)
     if bool(rec.get("watermark", False)):
-        img = draw_watermark(img, str(rec["watermark_corner"]), max(6, int(round(size * 0.12))))
+        img = draw_watermark(img, str(rec["watermark_corner"]), max(6, int(round(size * 0.12))),
+                             mask=stamp if want else None)
     tint = float(rec.get("tint", 0.0) or 0.0)
     if tint > 0:
         img = red_tint(img, tint)
+    if want:
+        cover = {name: _coverage(m, size) for name, m in layer.items()}
+        masks.update(cover, watermark=stamp,
+                     background=np.clip(1.0 - cover["object"] - cover["companion"] - cover["word"], 0.0, 1.0),
+                     tint=np.full((size, size), float(tint > 0), np.float32))
     return img
 
 
@@ -414,8 +461,14 @@ LESION_PALETTE = {
 }
 
 
-def render_lesion(rec: Mapping, size: int = 64) -> Image.Image:
-    """Render one lesion-world record (see `world.LESION_FIELDS`)."""
+LESION_MASKS = ("lesion", "skin")
+"""What `render_lesion` fills ``masks`` with: the lesion (its halo and pigment patches) and the skin
+around it. The planted red hue is applied to the whole image, so its region is both."""
+
+
+def render_lesion(rec: Mapping, size: int = 64, masks: dict[str, np.ndarray] | None = None) -> Image.Image:
+    """Render one lesion-world record (see `world.LESION_FIELDS`); ``masks`` as for
+    `render_object`, with the names of `LESION_MASKS`."""
     rng = np.random.default_rng(int(rec["render_seed"]))
     big = 2 * size
     skin = np.asarray(SKIN_TONES[str(rec["skin"])], dtype=np.float32)
@@ -428,15 +481,20 @@ def render_lesion(rec: Mapping, size: int = 64) -> Image.Image:
     irr = float(rec["irregularity"])
     base = np.asarray(LESION_PALETTE[str(rec["base_colour"])], dtype=np.float32)
     # Halo: a slightly lighter, larger outline so the border fades like real pigment.
-    draw.polygon(_blob(cx, cy, radius * 1.12, irr, rng, squash=float(rec["squash"])),
-                 fill=tuple(int(c) for c in (0.55 * base + 0.45 * skin)))
-    draw.polygon(_blob(cx, cy, radius, irr, rng, squash=float(rec["squash"])), fill=tuple(int(c) for c in base))
+    halo = _blob(cx, cy, radius * 1.12, irr, rng, squash=float(rec["squash"]))
+    pigment = [halo]   # every polygon of pigment: the lesion's mask
+    draw.polygon(halo, fill=tuple(int(c) for c in (0.55 * base + 0.45 * skin)))
+    body = _blob(cx, cy, radius, irr, rng, squash=float(rec["squash"]))
+    draw.polygon(body, fill=tuple(int(c) for c in base))
+    pigment.append(body)
     # Colour variegation: extra patches of other pigment colours, off-centre (asymmetry).
     for name in [c for c in str(rec["patch_colours"]).split("+") if c]:
         off_r = radius * rng.uniform(0.1, 0.5)
         a = rng.uniform(0, 2 * math.pi)
-        draw.polygon(_blob(cx + off_r * math.cos(a), cy + off_r * math.sin(a), radius * rng.uniform(0.25, 0.5),
-                           irr + 0.15, rng), fill=LESION_PALETTE[name])
+        patch = _blob(cx + off_r * math.cos(a), cy + off_r * math.sin(a), radius * rng.uniform(0.25, 0.5),
+                      irr + 0.15, rng)
+        draw.polygon(patch, fill=LESION_PALETTE[name])
+        pigment.append(patch)
     # Hairs: thin dark curves across the field.
     for _ in range(int(rec["hairs"])):
         x0, y0 = rng.uniform(0, big, 2)
@@ -450,4 +508,10 @@ def render_lesion(rec: Mapping, size: int = 64) -> Image.Image:
     tint = float(rec.get("tint", 0.0) or 0.0)
     if tint > 0:
         img = lesion_red_hue(img, tint)
+    if masks is not None:
+        lesion = Image.new("L", canvas.size, 0)
+        for poly in pigment:
+            ImageDraw.Draw(lesion).polygon(poly, fill=255)
+        masks["lesion"] = _coverage(lesion, size)
+        masks["skin"] = 1.0 - masks["lesion"]
     return img

@@ -385,6 +385,16 @@ class SandboxImageSet(ImageSet):
             raise IndexError(f"SandboxImageSet: index {i} out of range for {len(self)} images")
         return self._render(self._records[i], self.size)
 
+    def masks(self, i: int) -> dict[str, np.ndarray]:
+        """Where image ``i``'s renderer drew each element: float32 (size, size) arrays in [0, 1]
+        (the share of each pixel covered), named by `render.OBJECT_MASKS` or
+        `render.LESION_MASKS`; drawn in the same pass as `load_image`'s pixels."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"SandboxImageSet: index {i} out of range for {len(self)} images")
+        out: dict[str, np.ndarray] = {}
+        self._render(self._records[i], self.size, masks=out)
+        return out
+
     def describe(self) -> dict:
         return {"kind": "sandbox", "world": self.world, "n": len(self), "size": self.size,
                 "renderer_version": RENDERER_VERSION, **self.recipe}
