@@ -19,7 +19,7 @@ Submodules (``ca.faithfulness``, ``ca.sandbox``, ``ca.attribution``, ...) hold t
 """
 
 from . import (attribution, data, faithfulness, features, gallery, head, labeling, melanoma, mining, models, sae, sandbox,
-               storage, widgets)
+               spatial, storage, widgets)
 from .attribution import (Attribution, Readout, TopAttribution, act_grad, act_grad_paper, act_logit_lens, energy,
                           integrated_gradients, logit_lens, mean_relevance, random_scores, readout_from_sklearn)
 from .data import ImageFolder, ImageNetFolder, ISIC2019, TensorImageSet
@@ -56,7 +56,7 @@ __all__ = [
     "evaluate_faithfulness", "FaithfulnessConfig", "FaithfulnessResult", "RandomOrder", "FiringFrequency",
     # submodules
     "attribution", "data", "faithfulness", "features", "gallery", "head", "labeling", "melanoma", "mining", "models", "sae",
-    "sandbox", "storage", "widgets",
+    "sandbox", "spatial", "storage", "widgets",
 ]
 
 
