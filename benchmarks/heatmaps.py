@@ -95,6 +95,31 @@ def run_seed(seed: int, n_pool: int, cache: Path, steps: int) -> pd.DataFrame:
     return frame
 
 
+def lesion_rows(run_dir: Path, cache: Path) -> list[dict]:
+    """The red latent of a notebook-05 run (its ``summary.json``, ``pool.json`` and ``sae/``) on
+    its top-20 pool images: the heat on the lesion (halo and pigment) against its area. The
+    planted hue is applied to the whole image, so the whole image is "tinted"; the question is
+    whether the latent reads the hue off the lesion or off the skin."""
+    import json
+
+    from clipattr_utils import melanoma as mel
+
+    summary_ = json.loads((run_dir / "summary.json").read_text())
+    provenance = json.loads((run_dir / "pool.json").read_text())
+    clip = ca.load_clip(summary_.get("model", "sandbox-derm"))
+    sae = ca.TopKSAE.load(run_dir / "sae", d_in=clip.head.d_pre)
+    pool = mel.make_sets({"pool": provenance["pool"]})["pool"]
+    latent = int(summary_["red_latent"])
+    acts = _dense(sae, ca.extract(clip, pool, cache, progress=False).read())[:, latent]
+    top = torch.argsort(acts, descending=True, stable=True)[:20].numpy()
+    rec = {"kind": "red latent (lesion)", "mask": "lesion", "latent": latent, "value": "lesion",
+           "purity": float((pool.attributes["tint"].to_numpy()[top] > 0).mean()), "rows": top}
+    rows = score_latent(clip, sae, pool, rec, steps=16)
+    for r in rows:
+        r["run"] = str(run_dir)
+    return rows
+
+
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per seed, kind and method: latents, mean energy share, its ratio to a random map's, pointing."""
     g = frame.groupby(["seed", "kind", "method"], sort=False)
@@ -106,13 +131,21 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
     p.add_argument("--n-pool", type=int, default=2400)
     p.add_argument("--steps", type=int, default=16, help="integrated-gradients steps")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/heatmaps-cache"))
     p.add_argument("--out", type=Path, default=None, help="also write the per-latent rows as CSV")
+    p.add_argument("--lesion-runs", type=Path, nargs="*", default=[],
+                   help="notebook-05 output folders whose red latent is also mapped (sandbox lesion world)")
     args = p.parse_args(argv)
     frames = [run_seed(s, args.n_pool, args.cache_dir, args.steps) for s in args.seeds]
+    for i, run in enumerate(args.lesion_runs):
+        frame = pd.DataFrame(lesion_rows(run, args.cache_dir))
+        frame.insert(0, "seed", f"05:{run.name if run.name != '05_melanoma_case' else run.parent.name}")
+        frames.append(frame)
+    if not frames:
+        raise SystemExit("nothing to measure: give --seeds or --lesion-runs")
     frame = pd.concat(frames, ignore_index=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
