@@ -10,6 +10,7 @@ filters its cards with a few lines of inline JavaScript.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 from collections.abc import Iterable
@@ -23,6 +24,8 @@ from .storage import atomic_write, write_text_atomic
 
 N_SHOW = 8  # top images per card
 THUMB = 96  # largest thumbnail side in pixels (sandbox images are 64 px and stay as they are)
+HEAT_CARDS = 48  # cards (best alignment first) whose images also get a heatmap overlay
+HEAT_METHOD = "integrated_gradients"  # benchmarks/RESULTS.md, "Where in the image"
 
 
 @dataclass
@@ -159,6 +162,54 @@ def _thumbnail(pool: Pool, sample_id: str, img_dir: Path) -> str | None:
     return f"img/{name}"
 
 
+def _heat_source(run_dir: Path, folder: Path, pool: Pool, method: str) -> tuple[Any, str]:
+    """``(latent, rows) -> maps`` for the run's CLIP and SAE (notebook 02's ``sae_dir``, else the
+    SAE it trained into ``02_labeling/sae``), or None and why not (shown on the page)."""
+    if pool.images is None:
+        return None, ""
+    sae_dir = _notebook_param(run_dir, "02_labeling", "sae_dir")
+    sae_dir = Path(sae_dir) if sae_dir else folder / "sae"
+    if not (sae_dir / "cfg.json").is_file():
+        return None, f"Heatmaps are not shown: the SAE notebook 02 labelled is not at {sae_dir}."
+    model = _notebook_param(run_dir, "02_labeling", "model_name") or "sandbox"
+    pretrained = _notebook_param(run_dir, "02_labeling", "pretrained")
+    try:
+        from .models import load_clip
+        from .sae.model import TopKSAE
+        from .spatial import heat_source
+
+        clip = load_clip(model, pretrained)
+        sae = TopKSAE.load(sae_dir, d_in=clip.head.d_pre).eval()
+        # The overlays' file names carry what drew them, so a rerun with another SAE, model or
+        # method never shows the old ones.
+        digest = hashlib.sha256(json.dumps([clip.identity, method]).encode())
+        for f in sorted(sae_dir.iterdir()):
+            if f.is_file():
+                digest.update(f.name.encode() + f.read_bytes())
+        source = heat_source(clip, sae, pool.images, method)
+        source.key = digest.hexdigest()[:10]
+        return source, ""
+    except Exception as e:  # the atlas still comes out, with the reason on the page
+        return None, f"Heatmaps are not shown: {model} or the SAE at {sae_dir} could not be loaded ({type(e).__name__}: {e})."
+
+
+def _heat_thumbnails(pool: Pool, heat: Any, latent: int, sample_ids: list[str], img_dir: Path) -> dict[str, str]:
+    """sample id -> relative path of its heat-overlay thumbnail for ``latent`` (written once)."""
+    from .spatial import overlay
+
+    ids = [sid for sid in sample_ids if sid in pool.rows]
+    names = {sid: "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in sid) + f"-heat-{heat.key}-L{latent}.png"
+             for sid in ids}
+    todo = [sid for sid in ids if not (img_dir / names[sid]).is_file()]
+    if todo:
+        maps = heat(latent, [pool.rows[sid] for sid in todo])
+        for sid, m in zip(todo, maps):
+            image = overlay(pool.images.load_image(pool.rows[sid]).convert("RGB"), m)
+            image.thumbnail((THUMB, THUMB))
+            atomic_write(img_dir / names[sid], lambda tmp, im=image: im.save(tmp, format="PNG", compress_level=1))
+    return {sid: f"img/{names[sid]}" for sid in ids}
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     try:
         return f"{float(v):.{digits}f}"
@@ -166,8 +217,13 @@ def _fmt(v: Any, digits: int = 3) -> str:
         return html.escape(str(v))
 
 
-def write_atlas(run_dir: Path, n_show: int = N_SHOW) -> Path | None:
-    """Build ``run_dir/atlas/index.html`` from notebook 02's outputs; None when there are none."""
+def write_atlas(run_dir: Path, n_show: int = N_SHOW, heat_cards: int = HEAT_CARDS,
+                heat_method: str | None = HEAT_METHOD) -> Path | None:
+    """Build ``run_dir/atlas/index.html`` from notebook 02's outputs; None when there are none.
+
+    The first ``heat_cards`` cards (best alignment first) also get each image with the
+    latent's input heatmap over it (`spatial.latent_heatmap` with ``heat_method``; None: no
+    heatmaps); a checkbox on the page switches between the overlays and the plain images."""
     run_dir = Path(run_dir)
     folder = run_dir / "02_labeling"
     if not (folder / "latents.csv").is_file():
@@ -197,17 +253,24 @@ def write_atlas(run_dir: Path, n_show: int = N_SHOW) -> Path | None:
                      "not the classes the latent is most relevant for.")
     if flag_note:
         notes.append(flag_note[0].upper() + flag_note[1:] + ".")
+    heat, heat_note = _heat_source(run_dir, folder, pool, heat_method) if heat_method and heat_cards > 0 else (None, "")
+    if heat_note:
+        notes.append(heat_note)
     cards = []
     order = latents.sort_values("alignment", ascending=False, kind="stable")
-    for r in order.to_dict("records"):
+    for card, r in enumerate(order.to_dict("records")):
         j = int(r["latent"])
         rows = by_latent.get(j)
         imgs, classes_seen = [], []
         if rows is not None:
+            heat_src = (_heat_thumbnails(pool, heat, j, [str(sid) for sid in rows["sample_id"]], img_dir)
+                        if heat is not None and card < heat_cards else {})
             for sid, act in zip(rows["sample_id"], rows["activation"]):
                 src = _thumbnail(pool, str(sid), img_dir) if pool.images is not None else None
                 if src:
-                    imgs.append(f'<img loading="lazy" src="{src}" alt="{html.escape(str(sid))}" '
+                    hot = heat_src.get(str(sid))
+                    extra = f' class="heat" data-plain="{src}" data-heat="{hot}"' if hot else ""
+                    imgs.append(f'<img loading="lazy" src="{hot or src}"{extra} alt="{html.escape(str(sid))}" '
                                 f'title="{html.escape(str(sid))}: activation {float(act):.2f}">')
                 row = pool.rows.get(str(sid))
                 if row is not None and getattr(pool.images, "classnames", None):
@@ -258,7 +321,11 @@ def write_atlas(run_dir: Path, n_show: int = N_SHOW) -> Path | None:
             f"<td>{html.escape(str(r.get('count', '')))}</td></tr></table>"
             f"<div class='cls'>{cls_title}: {cls}</div>{flag_html}</div>")
     note_html = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)
-    page = _PAGE.format(n=len(cards), run=html.escape(run_dir.name), notes=note_html, cards="\n".join(cards))
+    n_heat = min(heat_cards, len(cards)) if heat is not None else 0
+    toggle = (f"<label><input type='checkbox' id='heat' checked> heatmaps ({html.escape(str(heat_method))}, "
+              f"first {n_heat} cards: where each latent's activation comes from)</label>") if n_heat else ""
+    page = _PAGE.format(n=len(cards), run=html.escape(run_dir.name), notes=note_html, cards="\n".join(cards),
+                        toggle=toggle)
     return write_text_atomic(atlas / "index.html", page)
 
 
@@ -286,7 +353,7 @@ table {{ font-size: .85em; border-collapse: collapse; }} td {{ padding: 1px 8px 
 {notes}
 <p><input id="q" type="search" placeholder="filter by label or latent id, e.g. water" autofocus>
 <label><input type="checkbox" id="hid"> hidden concepts only</label>
-<label><input type="checkbox" id="flg"> flagged only</label> <span id="count"></span></p>
+<label><input type="checkbox" id="flg"> flagged only</label> {toggle} <span id="count"></span></p>
 <div class="grid" id="grid">
 {cards}
 </div>
@@ -306,6 +373,10 @@ function filter() {{
 }}
 for (const el of [q, hid, flg]) el.addEventListener('input', filter);
 filter();
+const heat = document.getElementById('heat');
+if (heat) heat.addEventListener('input', () => {{
+  for (const im of document.querySelectorAll('img.heat')) im.src = heat.checked ? im.dataset.heat : im.dataset.plain;
+}});
 </script></body></html>
 """
 

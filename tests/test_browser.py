@@ -330,6 +330,23 @@ def test_run_index_html_shows_the_numbers_and_images(browser_env, series_cache, 
                 states = page.evaluate(f"() => {first_screen}.map(i => [i.getAttribute('src'), i.naturalWidth])")
                 raise AssertionError(f"the atlas' first images do not load: {states[:20]}") from None
             save_screenshot(page, "browser-atlas.png", tmp_path)
+            # The first cards show each image with its latent's heatmap over it; the overlay
+            # loads, differs from the plain image, and the checkbox switches to the plain ones.
+            heat = page.evaluate("() => [...document.querySelectorAll('img.heat')].slice(0, 4).map(i => "
+                                 "[i.getAttribute('src'), i.dataset.plain, i.dataset.heat, i.complete, i.naturalWidth])")
+            assert heat, "the atlas shows no heatmap overlays"
+            import numpy as np
+            from PIL import Image
+
+            for src, plain, hot, complete, width in heat:
+                assert src == hot and complete and width > 0, (src, plain, hot, complete, width)
+                a = np.asarray(Image.open(run / "atlas" / plain).convert("RGB")).astype(int)
+                b = np.asarray(Image.open(run / "atlas" / hot).convert("RGB")).astype(int)
+                assert a.shape == b.shape and np.abs(a - b).sum() > 0, f"{hot} shows the same pixels as {plain}"
+            page.uncheck("#heat")
+            page.wait_for_function("() => [...document.querySelectorAll('img.heat')].slice(0, 4).every(i => "
+                                   "i.getAttribute('src') === i.dataset.plain && i.complete && i.naturalWidth > 0)")
+            save_screenshot(page, "browser-atlas-plain.png", tmp_path)
         except BaseException:
             save_screenshot(page, "browser-index-failure.png", tmp_path, full_page=True)
             raise

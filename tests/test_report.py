@@ -208,3 +208,38 @@ def test_rebuilt_pool_maps_only_the_ids_asked_for(imagenet_sample):
     pool = rebuild_pool(spec, wanted=want + ["not/in/the/pool.JPEG"])
     assert pool.rows == {sid: i for sid, i in zip(want, (3, 17, 40))}
     assert len(rebuild_pool(spec).rows) == len(images)
+
+
+def test_atlas_draws_heatmaps_with_the_runs_sae_and_says_when_it_cannot(run_dir):
+    import numpy as np
+    from PIL import Image
+
+    from _notebooks import SANDBOX_WEIGHTS, require_weights
+    from clipattr_utils.sae.model import TopKSAE
+
+    write_index(run_dir)   # no SAE at the recorded sae_dir: plain images and the reason
+    page = (run_dir / "atlas" / "index.html").read_text()
+    assert "Heatmaps are not shown: the SAE notebook 02 labelled is not at" in page and "img.heat" in page
+    assert "class=\"heat\"" not in page
+    require_weights(SANDBOX_WEIGHTS)
+    torch.manual_seed(0)
+    TopKSAE(96, 64, k=8).save(run_dir / "01_sae_training" / "sae")
+    write_index(run_dir)
+    page = (run_dir / "atlas" / "index.html").read_text()
+    assert "Heatmaps are not shown" not in page and "id='heat' checked" in page
+    pairs = re.findall(r'src="([^"]+)" class="heat" data-plain="([^"]+)" data-heat="([^"]+)"', page)
+    assert len(pairs) == 4   # every image of both cards
+    for src, plain, hot in pairs:
+        assert src == hot and hot != plain and "-heat-" in hot
+        a = np.asarray(Image.open(run_dir / "atlas" / plain).convert("RGB"))
+        b = np.asarray(Image.open(run_dir / "atlas" / hot).convert("RGB"))
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).sum() > 0
+    from clipattr_utils.atlas import write_atlas
+
+    torch.manual_seed(1)   # another SAE in the same folder: new overlays, never the old files
+    TopKSAE(96, 64, k=8).save(run_dir / "01_sae_training" / "sae")
+    write_atlas(run_dir)
+    again = re.findall(r'data-heat="([^"]+)"', (run_dir / "atlas" / "index.html").read_text())
+    assert len(again) == 4 and not set(again) & {hot for _, _, hot in pairs}
+    write_atlas(run_dir, heat_cards=1)   # only the best card gets overlays
+    assert len(re.findall(r'class="heat"', (run_dir / "atlas" / "index.html").read_text())) == 3
