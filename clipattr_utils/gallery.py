@@ -44,8 +44,8 @@ def latent_grid(image_set, rows_per_latent: Mapping[int, Sequence[int]], *, anch
         caption: row -> short title under each image (e.g. its class name).
         n: columns of examples (default: the longest list).
         heat: ``(latent, rows) -> (len(rows), grid rows, grid columns)`` maps drawn over each
-            example (e.g. `spatial.heat_source(clip, sae, image_set)`: where the latent's
-            activation comes from); None shows the plain images.
+            example and over the anchor (e.g. `spatial.heat_source(clip, sae, image_set)`: where
+            the latent's activation comes from); None shows the plain images.
     """
     import matplotlib.pyplot as plt
 
@@ -57,7 +57,12 @@ def latent_grid(image_set, rows_per_latent: Mapping[int, Sequence[int]], *, anch
                              squeeze=False)
     for r, (j, rows) in enumerate(rows_per_latent.items()):
         if anchor is not None:
-            axes[r, 0].imshow(np.asarray(image_set.load_image(anchor)))
+            image = image_set.load_image(anchor)
+            if heat is not None:   # the anchor with this row's latent's map: which latent, where
+                from .spatial import overlay
+
+                image = overlay(image, heat(int(j), [int(anchor)])[0])
+            axes[r, 0].imshow(np.asarray(image))
             if r == 0 and anchor_title:
                 axes[r, 0].set_title(anchor_title, fontsize=8)
         axes[r, 0].set_ylabel(f"latent {j}", fontsize=8)

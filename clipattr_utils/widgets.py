@@ -287,9 +287,13 @@ class ComponentBrowser:
 
     def __init__(self, table: pd.DataFrame, top: TopSamples, image_set: Any, *,
                  class_relevance: pd.DataFrame | None = None, caption: Callable[[int], str] | None = None,
-                 n_images: int = 8):
+                 n_images: int = 8, heat: Callable[[int, Sequence[int]], Any] | None = None):
         self.table, self.top, self.image_set = table, top, image_set
         self.class_relevance, self.caption, self.n_images = class_relevance, caption, int(n_images)
+        self.heat = heat
+        """``(latent, rows) -> maps`` drawn over the images (`spatial.heat_source`), or None."""
+        self.show_heat = heat is not None
+        """Whether the figures draw the heatmaps now (the live browser's checkbox)."""
         self.shown: ComponentCard | None = None
         """The card the live browser shows now."""
 
@@ -303,7 +307,8 @@ class ComponentBrowser:
     def figure(self, card: ComponentCard):
         if not card.rows:
             return None
-        fig = latent_grid(self.image_set, {card.latent: card.rows}, caption=self.caption, n=self.n_images, scale=1.3)
+        fig = latent_grid(self.image_set, {card.latent: card.rows}, caption=self.caption, n=self.n_images, scale=1.3,
+                          heat=self.heat if self.show_heat else None)
         fig.suptitle(f"latent {card.latent}: {card.label}", fontsize=9)
         return fig
 
@@ -325,6 +330,8 @@ class ComponentBrowser:
 
         box_q = W.Text(value=str(query), description="latent / label", continuous_update=False)
         pick = W.Dropdown(options=[], description="match")
+        heat_box = W.Checkbox(value=self.show_heat, description="heatmaps", disabled=self.heat is None,
+                              tooltip="where in each image the latent's activation comes from")
         out = W.Output()
 
         def on_query(*_):
@@ -348,10 +355,15 @@ class ComponentBrowser:
                 if png is not None:
                     _display(png)
 
+        def on_heat(*_):
+            self.show_heat = bool(heat_box.value) and self.heat is not None
+            on_pick()
+
         box_q.observe(on_query, names="value")
         pick.observe(on_pick, names="value")
+        heat_box.observe(on_heat, names="value")
         on_query()
-        widget = W.VBox([W.HBox([box_q, pick]), out])
+        widget = W.VBox([W.HBox([box_q, pick, heat_box]), out])
         _display(widget)
         return widget
 

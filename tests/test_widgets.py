@@ -115,7 +115,30 @@ def test_component_card_and_browser(world, monkeypatch):
     monkeypatch.setenv(widgets.STATIC_ENV, "1")
     assert browser.show([j]) == [j]
     live = browser.show("label", interactive=True)
-    text, pick = live.children[0].children
-    assert len(pick.options) > 0 and browser.shown is not None
+    text, pick, heat_box = live.children[0].children
+    assert len(pick.options) > 0 and browser.shown is not None and heat_box.disabled
     text.value = str(j)
     assert browser.shown.latent == j
+
+
+def test_component_browser_draws_heatmaps_and_toggles_them(world):
+    _, _, top, table = world
+    j = int(table["latent"].iloc[0])
+    calls = []
+
+    def heat(latent, rows):
+        calls.append((latent, list(rows)))
+        return torch.ones(len(rows), 4, 4)
+
+    browser = widgets.ComponentBrowser(table, top, Images(), heat=heat, n_images=3)
+    card = browser.card(j)
+    hot = browser.figure(card).axes[0].get_images()[0].get_array()
+    assert calls == [(j, card.rows[:3])]
+    live = browser.show(str(j), interactive=True)
+    heat_box = live.children[0].children[2]
+    assert heat_box.value and not heat_box.disabled
+    heat_box.value = False
+    assert not browser.show_heat
+    plain = browser.figure(card).axes[0].get_images()[0].get_array()
+    assert not np.array_equal(np.asarray(hot), np.asarray(plain))
+    assert np.array_equal(np.asarray(plain), np.asarray(Images().load_image(card.rows[0])))

@@ -52,7 +52,8 @@ def _pre_activation(sae: Any, x: torch.Tensor, latent: int) -> torch.Tensor:
     if not 0 <= int(latent) < sae.d_sae:
         raise ValueError(f"latent {latent} out of range for an SAE with d_sae={sae.d_sae}")
     w = sae.W_enc[:, int(latent)]
-    return (x.to(w.dtype) - sae.b_dec) @ w + sae.b_enc[int(latent)]
+    # (the SAE may sit on another device than the tower, e.g. notebook 05 keeps it on the CPU)
+    return ((x.to(device=w.device, dtype=w.dtype) - sae.b_dec) @ w + sae.b_enc[int(latent)]).cpu()
 
 
 def output_gradient(sae: Any, head: Any, x: torch.Tensor, latent: int, target: Any, output: int) -> torch.Tensor:
@@ -68,7 +69,7 @@ def output_gradient(sae: Any, head: Any, x: torch.Tensor, latent: int, target: A
         if not 0 <= int(output) < y.shape[1]:
             raise ValueError(f"output {output} out of range for {y.shape[1]} outputs")
         (g,) = torch.autograd.grad(y[:, int(output)].sum(), x)
-    return g.to(sae.W_dec.dtype) @ sae.W_dec[int(latent)]
+    return (g.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype) @ sae.W_dec[int(latent)]).cpu()
 
 
 def latent_heatmap(clip: Any, sae: Any, images: Sequence[Image.Image] | torch.Tensor, latent: int,
@@ -112,7 +113,7 @@ def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, la
             rows, cols = tok.grid
             heat = g.abs().sum(1, keepdim=True)
             heat = F.adaptive_avg_pool2d(heat, (rows, cols))[:, 0] * (heat.shape[-2] * heat.shape[-1] / (rows * cols))
-            return heat.detach(), f.detach()
+            return heat.detach().cpu(), f.detach()
         if method == "grad_x_input":
             leaves: dict[str, torch.Tensor] = {}
 
@@ -124,7 +125,7 @@ def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, la
             f = _pre_activation(sae, tok.class_token, latent)
             (g,) = torch.autograd.grad(f.sum(), leaves["e"])
             heat = (g * leaves["e"]).sum(-1)
-            return heat.detach().reshape(-1, *tok.grid), f.detach()
+            return heat.detach().cpu().reshape(-1, *tok.grid), f.detach()
         # Integrated gradients from the zero patch embedding (positional and class embeddings
         # kept): midpoints alpha = (i + 0.5) / steps, every alpha of an image in one batch.
         n = batch.shape[0]
@@ -139,7 +140,7 @@ def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, la
         (g,) = torch.autograd.grad(f.sum(), leaf)
         mean_grad = g.reshape(steps, n, *e_full.shape[1:]).mean(0)
         heat = (mean_grad * e_full).sum(-1)
-        return heat.detach().reshape(-1, *ref.grid), _pre_activation(sae, ref.class_token, latent).detach()
+        return heat.detach().cpu().reshape(-1, *ref.grid), _pre_activation(sae, ref.class_token, latent).detach()
 
 
 @torch.no_grad()
@@ -149,7 +150,8 @@ def patch_activations(clip: Any, sae: Any, images: Sequence[Image.Image] | torch
     patch token of block ``layer`` (its top-k or threshold code, as for class tokens)."""
     tok = forward_tokens(clip, pixels(clip, images), layer)
     n, p, d = tok.patch_tokens.shape
-    enc = sae.encode(tok.patch_tokens.reshape(n * p, d))
+    enc = sae.encode(tok.patch_tokens.reshape(n * p, d).to(sae.W_enc.device))
+    enc = type(enc)(enc.indices.cpu(), enc.values.cpu())
     want = torch.as_tensor([int(j) for j in latents])
     hit = enc.indices[:, :, None] == want[None, None, :]
     acts = (enc.values[:, :, None] * hit).sum(1)          # (N*P, L)
@@ -158,12 +160,15 @@ def patch_activations(clip: Any, sae: Any, images: Sequence[Image.Image] | torch
 
 
 
-def overlay(image: Image.Image, heat: torch.Tensor | Any, alpha: float = 0.55, cmap: str = "inferno") -> Image.Image:
-    """``image`` with the positive part of a patch-grid ``heat`` map drawn over it (scaled to
+def overlay(image: Image.Image | Any, heat: torch.Tensor | Any, alpha: float = 0.55, cmap: str = "inferno"
+            ) -> Image.Image:
+    """``image`` (PIL or an (H, W, 3) uint8 array) with the positive part of a patch-grid ``heat`` map drawn over it (scaled to
     its own maximum, upsampled bilinearly to the image; transparent where the heat is 0)."""
     import matplotlib
     import numpy as np
 
+    if not isinstance(image, Image.Image):   # image sets may hand out (H, W, 3) uint8 arrays
+        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
     h = torch.as_tensor(np.asarray(heat), dtype=torch.float32).clamp_min(0)
     if h.ndim != 2:
         raise ValueError(f"overlay: expected a (rows, columns) map, got shape {tuple(h.shape)}")
