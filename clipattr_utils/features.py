@@ -43,6 +43,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -58,7 +59,7 @@ from .transform_key import TransformKeyError, describe_transform  # noqa: F401  
 
 # 2: preprocessing keyed structurally (`describe_transform`), not by repr().
 FORMAT_VERSION = 2
-WHATS = ("class_token", "embedding")
+WHATS = ("class_token", "embedding", "patch_tokens")
 """What `extract` caches: the class token after a block (pre-``ln_post``), or the final
 L2-normalised image embedding (a labeler's output)."""
 # Errors that mean "this file is not a usable image" — anything else is a bug and propagates.
@@ -193,6 +194,14 @@ class FeatureCache:
         rows[order] = self._x[idx[order]]  # sorted reads are sequential on disk
         return torch.from_numpy(rows)
 
+    def patches(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """(N, P, width) patch tokens of images [start, stop) of a ``what="patch_tokens"`` cache."""
+        if self.what != "patch_tokens":
+            raise ValueError(f"{self.path.name} caches {self.what} rows, not patch tokens "
+                             "(extract(..., what='patch_tokens'))")
+        x = self.read(start, stop)
+        return x.reshape(x.shape[0], int(self.meta["tokens_per_image"]), int(self.meta["token_width"]))
+
     def iter_chunks(self, chunk_rows: int = 65536) -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, self.n, chunk_rows):
             yield start, self.read(start, min(start + chunk_rows, self.n))
@@ -319,6 +328,51 @@ def class_token_hook(model: torch.nn.Module, layer: int = -1):
         handle.remove()
 
 
+def patch_count(clip) -> int:
+    """Patch tokens per image of ``clip``'s ViT (its patch grid's rows x columns)."""
+    grid = getattr(clip.model.visual, "grid_size", None)
+    if grid is None:
+        raise ValueError(f"{clip.name}: its image tower has no patch grid (open_clip ViT grid_size)")
+    return int(np.prod(grid))
+
+
+def patch_token_rows(cache: "FeatureCache", max_rows: int, seed: int = 0, chunk_images: int = 4096) -> torch.Tensor:
+    """(M, width) patch tokens of a patch-token cache as rows, M <= ``max_rows``: every token
+    of every image when they fit, else every token of ``max_rows // P`` images drawn at random
+    (``seed``), read in order in chunks."""
+    if cache.what != "patch_tokens":
+        raise ValueError(f"patch_token_rows: {cache.path.name} caches {cache.what} rows, not patch tokens")
+    per = int(cache.meta["tokens_per_image"])
+    n_images = min(cache.n, max(1, int(max_rows) // per))
+    rows = np.arange(cache.n) if n_images == cache.n else \
+        np.sort(np.random.default_rng([int(seed), 0x9A7C]).choice(cache.n, n_images, replace=False))
+    parts = [cache.take(rows[s:s + chunk_images]).reshape(-1, int(cache.meta["token_width"]))
+             for s in range(0, len(rows), chunk_images)]
+    return torch.cat(parts)
+
+
+@contextlib.contextmanager
+def patch_token_hook(model: torch.nn.Module, layer: int = -1):
+    """Capture every patch token after block ``layer`` during ``model.encode_image``, as (N,
+    P x width) rows (the P tokens of an image side by side, row-major over the patch grid)."""
+    visual = getattr(model, "visual", model)
+    blocks = visual.transformer.resblocks
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    n_patches = int(np.prod(visual.grid_size))
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        tokens = output[0] if isinstance(output, tuple) else output
+        tokens = tokens if batch_first else tokens.transpose(0, 1)
+        store["x"] = tokens[:, tokens.shape[1] - n_patches:].reshape(tokens.shape[0], -1)
+
+    handle = blocks[layer].register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
 def _default_workers(device: torch.device) -> int:
     cpus = os.cpu_count() or 1
     return min(8, cpus) if device.type == "cuda" else max(0, min(4, cpus - 1))
@@ -360,10 +414,10 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
         raise ValueError(f"extract: what must be one of {WHATS}, got {what!r}")
     if what == "embedding" and layer != -1:
         raise ValueError(f"extract(what='embedding'): the final embedding has no layer; leave layer=-1 (got {layer})")
-    if what == "class_token" and not getattr(clip, "has_head", True):
+    if what in ("class_token", "patch_tokens") and not getattr(clip, "has_head", True):
         raise ValueError(f"extract: {clip.name} has no class token (loaded with role={getattr(clip, 'role', None)!r}); "
                          "a labeler's final embeddings are extract(..., what='embedding')")
-    if what == "class_token":
+    if what in ("class_token", "patch_tokens"):
         n_blocks = len(clip.model.visual.transformer.resblocks)
         if not -n_blocks <= layer < n_blocks:
             raise ValueError(f"extract: layer={layer} out of range for {clip.name}'s {n_blocks} blocks")
@@ -377,7 +431,7 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
         raise ValueError(f"extract: image set {image_set.describe()} is empty")
     key_dict = cache_key(clip, image_set, layer, precision, what)
     key = key_hash(key_dict)
-    where = f"L{layer}" if what == "class_token" else "emb"
+    where = {"class_token": f"L{layer}", "patch_tokens": f"P{layer}"}.get(what, "emb")
     name = f"{_slug(clip.name)}-{where}-{_slug(image_set.describe().get('kind', 'images'))}-{key}"
     cache_dir = resolve_cache_dir(cache_dir)
     final, work = cache_dir / name, cache_dir / (name + ".partial")
@@ -392,10 +446,19 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
                 raise RuntimeError(f"Feature cache {final} has the same key hash but a different key; remove it")
             return cache
 
-    d = clip.model.visual.transformer.width if what == "class_token" else int(clip.d_post)
+    # A patch-token cache keeps one row per image too, its P tokens side by side (P x width
+    # values): resuming, sharding, labels and ids work as for class tokens; `patches` reshapes.
+    if what == "embedding":
+        d = int(clip.d_post)
+    else:
+        width = int(clip.model.visual.transformer.width)
+        d = width * patch_count(clip) if what == "patch_tokens" else width
     if num_workers is None:
         num_workers = _default_workers(device)
     run = _Run(clip, image_set, layer, what, d, strict, progress, use_amp, amp_dtype, num_workers, rank)
+    if what == "patch_tokens" and progress and not final.exists():
+        print(f"extract: patch tokens of {clip.name} (block {layer}): {d // width} per image, {_size(4 * d * n)} for "
+              f"{n} images ({d // width}x a class-token cache)", file=sys.stderr)
     if world_size > 1:
         return _extract_sharded(run, work, final, key, key_dict, batch_size, world_size, group)
 
@@ -579,7 +642,8 @@ def _run_rows(run: _Run, out: np.ndarray, base: int, start: int, stop: int, batc
     bar = tqdm(total=stop - base, initial=start - base, unit="img",
                desc=desc, disable=not run.progress, smoothing=0.1)
     model = clip.model.eval()
-    hook = class_token_hook(model, run.layer) if run.what == "class_token" else contextlib.nullcontext({})
+    hook = {"class_token": lambda: class_token_hook(model, run.layer),
+            "patch_tokens": lambda: patch_token_hook(model, run.layer)}.get(run.what, lambda: contextlib.nullcontext({}))()
     with hook as captured, torch.no_grad():
         for batch_no, (idx, images, bad) in enumerate(loader):
             if bad:
@@ -590,7 +654,7 @@ def _run_rows(run: _Run, out: np.ndarray, base: int, start: int, stop: int, batc
             if images is not None:
                 with torch.autocast("cuda", dtype=run.amp_dtype, enabled=run.use_amp):
                     out_ = model.encode_image(images.to(device, non_blocking=True))
-                rows = captured["x"] if run.what == "class_token" else torch.nn.functional.normalize(out_.float(), dim=-1)
+                rows = captured["x"] if run.what != "embedding" else torch.nn.functional.normalize(out_.float(), dim=-1)
                 if rows.shape[-1] != run.d:
                     raise RuntimeError(f"extract: {clip.name} produced {run.what} rows of width {rows.shape[-1]}, "
                                        f"expected {run.d}")
@@ -821,6 +885,9 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
     meta = {
         "format": FORMAT_VERSION, "key": key, "key_full": key_dict, "n": int(len(keep)),
         "d": int(d), "layer": layer, "what": what, "model": clip.identity,
+        **({"tokens_per_image": int(d) // int(clip.model.visual.transformer.width),
+            "token_width": int(clip.model.visual.transformer.width),
+            "grid": list(map(int, clip.model.visual.grid_size))} if what == "patch_tokens" else {}),
         "image_set": image_set.describe(), "classnames": list(getattr(image_set, "classnames", [])),
         "skipped": state["skipped"], "batch_size": state["batch_size"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "complete": True,

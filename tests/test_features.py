@@ -358,3 +358,57 @@ def test_write_cache_roundtrip_and_errors(tmp_path):
         features.write_cache(tmp_path / "e", x, labels=[1, 2, 3])
     with pytest.raises(FileNotFoundError, match="no meta.json"):
         FeatureCache(tmp_path)
+
+
+PATCH_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    from _tiny import tiny_clip
+    from clipattr_utils import features
+    from clipattr_utils.data import TensorImageSet
+
+    rng = np.random.default_rng(4)
+    pics = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(40)]
+    features.extract(tiny_clip(), TensorImageSet(pics), sys.argv[1], batch_size=8, num_workers=0, progress=False,
+                     what="patch_tokens")
+""")
+
+
+def test_patch_token_cache_resumes_after_a_kill_to_the_same_bytes(tmp_path):
+    """Patch tokens (issue 23): one row per image with its 4 tokens side by side; a process
+    killed after 2 of 5 batches (the test hook) leaves only a partial folder, and the rerun
+    finishes it to the bytes of an uninterrupted run."""
+    script = tmp_path / "extract.py"
+    script.write_text(PATCH_SCRIPT.format(tests=str(Path(__file__).parent)))
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    env = {**os.environ, features.EXIT_HOOK_ENV: "0:2"}
+    assert subprocess.run([sys.executable, str(script), str(killed)], env=env).returncode == 17
+    (partial,) = killed.iterdir()
+    assert partial.name.endswith(".partial") and json.loads((partial / "progress.json").read_text())["next_row"] == 16
+    subprocess.run([sys.executable, str(script), str(killed)], check=True)
+    subprocess.run([sys.executable, str(script), str(whole)], check=True)
+    resumed, uninterrupted = FeatureCache(next(killed.iterdir())), FeatureCache(next(whole.iterdir()))
+    assert _cache_bytes(resumed.path) == _cache_bytes(uninterrupted.path)
+    assert resumed.what == "patch_tokens" and resumed.d == 16 * 48 and "-P1-" in resumed.path.name
+    assert resumed.patches().shape == (40, 16, 48)
+
+
+def test_patch_tokens_are_open_clips_and_a_full_disk_is_refused(clip_tiny, tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(6)
+    images = TensorImageSet([rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(12)])
+    cache = features.extract(clip_tiny, images, tmp_path / "c", batch_size=4, num_workers=0, what="patch_tokens")
+    assert "16 per image" in capsys.readouterr().err   # the progress line says how much larger it is
+    batch = torch.stack([clip_tiny.preprocess(images.load_image(i)) for i in range(12)])
+    with torch.no_grad():
+        inter = clip_tiny.model.visual.forward_intermediates(batch, indices=1, intermediates_only=True,
+                                                              output_fmt="NLC")["image_intermediates"][-1]
+    torch.testing.assert_close(cache.patches(), inter[:, -16:], rtol=1e-5, atol=1e-5)
+    classes = features.extract(clip_tiny, images, tmp_path / "c", batch_size=4, num_workers=0, progress=False)
+    assert classes.path != cache.path and classes.d == 48
+    with pytest.raises(ValueError, match="not patch tokens"):
+        classes.patches()
+    monkeypatch.setattr(features.shutil, "disk_usage", _disk_with_free(1000))
+    with pytest.raises(OSError, match=r"features.npy needs .* more on disk"):
+        features.extract(clip_tiny, images, tmp_path / "full", batch_size=4, num_workers=0, progress=False,
+                         what="patch_tokens")

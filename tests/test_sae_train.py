@@ -269,3 +269,41 @@ def test_sae_adamw_equals_plain_adamw_and_updates_in_place():
     saved = ours.state_tensors()
     assert saved["optim.W_enc.exp_avg"].shape == (6, 20)
     torch.testing.assert_close(saved["optim.W_enc.exp_avg"], plain.state[b.W_enc]["exp_avg"], rtol=1e-6, atol=1e-7)
+
+
+def test_patch_token_training_reads_whole_images_tokens_and_refuses_the_wrong_cache(tmp_path):
+    """TrainConfig(tokens="patch") (issue 23): every patch token a sample, drawn as whole
+    images' tokens up to ``patch_rows``; a patch SAE then reconstructs held-out patch tokens
+    better than the class-token SAE does (what notebook 01 reports)."""
+    import numpy as np
+
+    from _tiny import tiny_clip
+    from clipattr_utils import features
+    from clipattr_utils.data import TensorImageSet
+    from clipattr_utils.sae import evaluate
+
+    clip = tiny_clip()
+    rng = np.random.default_rng(0)
+    images = TensorImageSet([rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(160)])
+    held = TensorImageSet([rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(40)])
+    kw = dict(batch_size=40, num_workers=0, progress=False)
+    patches = features.extract(clip, images, tmp_path, what="patch_tokens", **kw)
+    classes = features.extract(clip, images, tmp_path, **kw)
+    held_patches = features.patch_token_rows(features.extract(clip, held, tmp_path, what="patch_tokens", **kw), 10**6)
+    rows = features.patch_token_rows(patches, 16 * 50, seed=3)
+    assert rows.shape == (800, 48)
+    # every 16 rows are one image's tokens, in grid order
+    assert all(any(torch.equal(rows[s:s + 16], patches.patches(i, i + 1)[0]) for i in range(160)) for s in (0, 400))
+    assert torch.equal(features.patch_token_rows(patches, 10**6), patches.patches().reshape(-1, 48))
+    cfg = dict(d_sae=96, k=8, epochs=20, epoch_fraction=1.0, batch_size=256, lr=3e-3, device="cpu", auxk=False)
+    patch_sae = train(patches, TrainConfig(tokens="patch", **cfg), progress=False).sae
+    class_sae = train(classes, TrainConfig(**cfg), progress=False).sae
+    assert patch_sae.d_in == 48
+    fvu = lambda sae: evaluate(sae, held_patches, progress=False).fvu  # noqa: E731
+    assert fvu(patch_sae) < 0.8 * fvu(class_sae), (fvu(patch_sae), fvu(class_sae))
+    with pytest.raises(ValueError, match="tokens='patch'"):
+        train(patches, TrainConfig(**cfg), progress=False)
+    with pytest.raises(ValueError, match="what='patch_tokens'"):
+        train(classes, TrainConfig(tokens="patch", **cfg), progress=False)
+    with pytest.raises(ValueError, match="tokens must be"):
+        TrainConfig(tokens="all")

@@ -129,6 +129,13 @@ class TrainConfig:
     latents learn general concepts; inference is plain top-k)."""
     matryoshka_prefixes: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
     """Matryoshka only: the nested dictionary sizes as fractions of ``d_sae`` (increasing, the last 1)."""
+    tokens: str = "class"
+    """"class": one sample per image, the class token (the paper's). "patch": every patch token
+    of a ``extract(..., what="patch_tokens")`` cache is a sample (issue 23; the authors' spatial
+    mode reads patch tokens with a class-token SAE, this trains on them), at most
+    ``patch_rows`` of them drawn once as whole images' tokens, so an epoch fits in memory."""
+    patch_rows: int = 1_048_576
+    """``tokens="patch"``: the most patch tokens kept (about 3 GB at width 768)."""
     max_active: int | None = None
     """BatchTopK only: the code width at inference, the most latents one sample keeps over
     the threshold (None: measured on the training features at the end, the largest L0 there
@@ -158,6 +165,8 @@ class TrainConfig:
             (self.val_every >= 0, f"val_every must be >= 0, got {self.val_every}"),
             (self.family in FAMILIES, f"family must be one of {FAMILIES}, got {self.family!r}"),
             (self.family != "batchtopk" or self.relu, "family='batchtopk' needs relu=True"),
+            (self.tokens in ("class", "patch"), f"tokens must be 'class' or 'patch', got {self.tokens!r}"),
+            (self.patch_rows > 0, f"patch_rows must be positive, got {self.patch_rows}"),
             (self.max_active is None or self.k <= self.max_active <= self.d_sae,
              f"max_active must be in k={self.k}..d_sae={self.d_sae}, got {self.max_active}"),
         ]
@@ -408,8 +417,28 @@ def train(features: Any, cfg: TrainConfig | None = None, *, val_features: Any = 
         torch.set_num_threads(before)
 
 
+def _token_rows(features: Any, cfg: TrainConfig, name: str) -> Any:
+    """What the SAE trains on: the features as given (class tokens), or for ``tokens="patch"``
+    the patch tokens of a patch-token cache as rows."""
+    what = getattr(features, "what", None)
+    if cfg.tokens == "class":
+        if what == "patch_tokens":
+            raise ValueError(f"train: {name} is a patch-token cache; use TrainConfig(tokens='patch') to train on "
+                             "its tokens, or a class-token cache")
+        return features
+    if what != "patch_tokens":
+        raise ValueError(f"train: TrainConfig(tokens='patch') needs {name} from extract(..., what='patch_tokens'), "
+                         f"got {type(features).__name__}{'' if what is None else f' of {what} rows'}")
+    from ..features import patch_token_rows
+
+    return patch_token_rows(features, cfg.patch_rows, cfg.seed)
+
+
 def _train(features: Any, cfg: TrainConfig, val_features: Any, checkpoint_dir: str | os.PathLike | None,
            resume: bool, stop_after_epoch: int | None, progress: bool) -> TrainResult:
+    features = _token_rows(features, cfg, "features")
+    if val_features is not None:
+        val_features = _token_rows(val_features, cfg, "val_features")
     src = FeatureSource(features, "features")
     val = FeatureSource(val_features, "val_features") if val_features is not None else None
     if val is not None and val.d != src.d:
