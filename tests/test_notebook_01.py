@@ -34,7 +34,8 @@ def test_notebook_runs_on_sandbox(tmp_path):
     pm.execute_notebook(
         str(NOTEBOOK), str(tmp_path / "01.ipynb"), kernel_name="python3", cwd=str(REPO), progress_bar=False,
         parameters=dict(n_train=n_train, n_val=n_val, d_sae=256, k=8, epochs=epochs, batch_size=100,
-                        cache_dir=str(tmp_path / "features"), out_dir=str(out), num_threads=1),
+                        cache_dir=str(tmp_path / "features"), out_dir=str(out), num_threads=1,
+                        patch_images=120, patch_epochs=3),
     )
     d_pre = json.loads(config.read_text())["vision_cfg"]["width"]
     sae = TopKSAE.load(out / "sae", d_in=d_pre)
@@ -50,6 +51,13 @@ def test_notebook_runs_on_sandbox(tmp_path):
     assert 0 < metrics["held-out"]["fvu"] < 0.9, "a few epochs must already beat the mean predictor clearly"
     assert metrics["held-out"]["l0"] <= 8
     assert sae.meta["val_metrics"]["fvu"] == pytest.approx(metrics["held-out"]["fvu"])
+
+    # The class-token SAE on patch tokens vs one trained on them (60 held-out images' tokens).
+    patch = json.loads((out / "patch_tokens.json").read_text())
+    on_patches = patch["class-token SAE on patch tokens"]
+    assert on_patches["n"] == 60 * 64 and patch["patch-token SAE on patch tokens"]["n"] == 60 * 64
+    assert patch["patch-token SAE on patch tokens"]["fvu"] < on_patches["fvu"]
+    assert patch["class-token SAE on class tokens"]["fvu"] == pytest.approx(metrics["held-out"]["fvu"])
 
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == epochs and len(state["steps"]) == epochs * 4  # 400 rows / batch 100
