@@ -66,6 +66,10 @@ HEADLINES = [
     # melanoma held-out worlds (the counts are recomputed from RESULTS.md below)
     ("in 16 of 16 worlds; red latent within the benign top 3 in 15", "docs/melanoma.md",
      ("Over the 16 held-out worlds: goal met in 16, red latent found in 15", "found within the benign top 3")),
+    # latent heatmaps against the planted masks (issue 23), benchmarks/heatmaps.py seeds 0 / 1
+    ("3.6× / 3.9× a random map's on word signs, 11.9× / 15.0× on flames", RESULTS,
+     ("| word sign (8 / 8) | 0.16 / 0.17 | 0.56 / 0.65, **3.6× / 3.9×**",
+      "| flame (4 / 3) | 0.028 / 0.028 | 0.33 / 0.43, **11.9× / 15.0×**")),
     # hidden-shortcut challenge (issue 22): held-out and development tables
     ("found 21 of 33 planted (64 %", RESULTS, "| **all planted** | 33 | **21** (64 %) | 12 |"),
     ("class and attribute right in 27", RESULTS, "right class and\n  the right attribute value in 27 of 33"),
