@@ -52,6 +52,7 @@ M = Mutant
 TOP, FAITH, MINING, TABLE, WIDGETS, MEL = ("tests/test_labeling_top.py", "tests/test_faithfulness.py",
                                           "tests/test_mining.py", "tests/test_labeling_table.py",
                                           "tests/test_widgets.py", "tests/test_melanoma.py")
+SPATIAL = "tests/test_spatial.py"
 ATTR, TRAIN, SPARSE, ALIGN, KEY = ("tests/test_attribution.py", "tests/test_sae_train.py", "tests/test_sae_sparse.py",
                                    "tests/test_labeling_align.py", "tests/test_cache_key.py")
 
@@ -139,6 +140,25 @@ MUTANTS: list[Mutant] = [
     M("cache key: file token without the content hash", "clipattr_utils/data.py",
       'return f"{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"', 'return f"{st.st_size}:{st.st_mtime_ns}"',
       ("tests/test_data.py::test_fingerprint_notices_a_replaced_file_of_the_same_size",)),
+    # ---- where in the image (issue 23)
+    M("heatmap: gradient x input without the input", "clipattr_utils/spatial/maps.py",
+      '            heat = (g * leaves["e"]).sum(-1)\n', '            heat = g.sum(-1)\n', (SPATIAL,)),
+    M("heatmap: IG from alpha 0 to 1 on a left grid", "clipattr_utils/spatial/maps.py",
+      "alphas = (torch.arange(steps, dtype=e_full.dtype, device=e_full.device) + 0.5) / steps",
+      "alphas = torch.arange(steps, dtype=e_full.dtype, device=e_full.device) / steps", (SPATIAL,)),
+    M("heatmap: relevance without dy/da_j", "clipattr_utils/spatial/maps.py",
+      "heat, value = heat * scale[:, None, None], value * scale", "heat, value = heat, value", (SPATIAL,)),
+    M("heatmap: energy share counts negative heat", "clipattr_utils/spatial/score.py",
+      "pos = heat.clamp_min(0).flatten(1).double()", "pos = heat.abs().flatten(1).double()", (SPATIAL,)),
+    M("masks: the flame not cut out of the object", "clipattr_utils/sandbox/render.py",
+      '            layer["object"].paste(0, (0, 0), layer["companion"])\n', "", (SPATIAL,)),
+    M("patch tokens: the class token kept among them", "clipattr_utils/features.py",
+      "store[\"x\"] = tokens[:, tokens.shape[1] - n_patches:].reshape(tokens.shape[0], -1)",
+      "store[\"x\"] = tokens[:, tokens.shape[1] - n_patches - 1:-1].reshape(tokens.shape[0], -1)",
+      ("tests/test_features.py::test_patch_tokens_are_open_clips_and_a_full_disk_is_refused",)),
+    M("challenge: taking a value away from every image", "clipattr_utils/challenge/images.py",
+      "    if not has.any():\n        return images\n    rows, rest", "    has[:] = True\n    rows, rest",
+      ("tests/test_challenge.py",)),
 ]
 
 

@@ -265,6 +265,20 @@ def test_the_benchmark_reads_seed_ranges_and_counts_per_kind():
     assert table.loc["control", "found / passed"] == 1 and table.loc["control", "missed / false alarm"] == 1
 
 
+def test_regrading_rows_equals_running_with_that_threshold():
+    """`regrade`: a planted challenge counts when its top suspect was right and reached min_z,
+    a control when its top suspect did not; what the detective would say at that threshold."""
+    from clipattr_utils.challenge.__main__ import regrade
+
+    rows = pd.DataFrame({"control": [False, False, False, "True", True],
+                         "top_right": [True, True, False, False, "False"],
+                         "top_z": [8.0, 6.0, 20.0, 6.5, 7.5], "correct": [False] * 5})
+    assert regrade(rows, 7.0)["correct"].tolist() == [True, False, False, True, False]
+    assert regrade(rows, 5.0)["correct"].tolist() == [True, True, False, False, False]
+    with pytest.raises(SystemExit, match="lack"):
+        regrade(rows.drop(columns="top_z"), 7.0)
+
+
 def test_the_ablation_share_estimates_how_pure_a_latent_is(world):
     """`ablation_shares` reads no attribute table, only what taking a value away does to each
     latent's top images; against the planted truth it must track the share of those images

@@ -156,8 +156,9 @@ def test_integrated_gradients_are_complete(model):
                                       steps=steps)
         err[steps] = (maps.heat.sum((1, 2)).double() - expected).abs()
     # the midpoint rule converges (quadratically for a smooth path): the sums reach f(e) - f(0)
-    assert float(err[128].max()) < 0.02 * float(expected.abs().max()), (err, expected)
-    assert float(err[128].sum()) < 0.25 * float(err[16].sum()), err
+    # (a left Riemann sum, alpha = i / steps, is off by 0.1 in all at 128 steps)
+    assert float(err[128].sum()) < 2e-3 * float(expected.abs().sum()), (err, expected)
+    assert float(err[128].sum()) < 0.1 * float(err[16].sum()), err
     torch.testing.assert_close(maps.value.double(), _f(model, latent), rtol=1e-5, atol=1e-5)
 
 

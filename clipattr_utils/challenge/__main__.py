@@ -58,6 +58,24 @@ def kind_table(rows: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns={"found": "found / passed", "missed": "missed / false alarm"})
 
 
+def regrade(rows: pd.DataFrame, min_z: float) -> pd.DataFrame:
+    """The rows as a detective with threshold ``min_z`` would have scored: its verdict is the
+    same top suspect when that reaches ``min_z`` (the ranking does not depend on it), so a
+    planted challenge is found when its top suspect was right (``top_right``) and ``top_z >=
+    min_z``, and a control passes when ``top_z < min_z``."""
+    missing = {"top_z", "top_right", "control"} - set(rows.columns)
+    if missing:
+        raise SystemExit(f"--min-z: the rows lack {sorted(missing)} (written before the benchmark kept the top "
+                         "suspect); rerun those seeds")
+    out = rows.copy()
+    right = out["top_right"].astype(str).str.lower().eq("true")
+    control = out["control"].astype(str).str.lower().eq("true")
+    reached = out["top_z"].astype(float) >= float(min_z)
+    out["control"] = control
+    out["correct"] = (control & ~reached) | (~control & right & reached)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -70,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="CSV of every challenge's score (default runs/challenge-<seeds>.csv)")
     p.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: the series' shared cache)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--min-z", type=float, default=None,
+                   help="grade the rows with this confirmation threshold instead of the one they ran with "
+                        "(DetectiveConfig.min_z; see regrade)")
     args = p.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     if args.threads:
@@ -78,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
     rows = [r for r in done.to_dict("records")] if len(done) else []
     have = {int(r["seed"]) for r in rows}
-    clip = load_clip("sandbox")
-    labeler = load_clip("sandbox-labeler", role="labeler")
-    sae = detective_sae(clip, args.cache_dir)
-    for seed in seeds:
-        if seed in have:
-            continue
+    todo = [seed for seed in seeds if seed not in have]
+    if todo:   # (grading rows already written needs no model)
+        clip = load_clip("sandbox")
+        labeler = load_clip("sandbox-labeler", role="labeler")
+        sae = detective_sae(clip, args.cache_dir)
+    for seed in todo:
         start = time.perf_counter()
         c = make(seed, clip=clip, cache_dir=args.cache_dir)
         result = investigate(c, sae, clip=clip, labeler=labeler, cache_dir=args.cache_dir)
@@ -98,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(out, pd.DataFrame(rows).to_csv(index=False))
     frame = pd.DataFrame(rows)
     frame = frame[frame["seed"].isin(seeds)]
+    if args.min_z is not None:
+        frame = regrade(frame, args.min_z)
+        print(f"graded with min_z = {args.min_z:g}")
     print()
     print(kind_table(frame).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\n{len(frame)} challenges, median {frame['seconds'].median():.1f} s each; rows in {out}")
