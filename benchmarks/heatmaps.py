@@ -1,4 +1,4 @@
-"""Where the heat falls: latent maps scored against the sandbox's planted pixel masks (issue 23).
+"""Where the heat falls: latent maps scored against the sandbox's planted pixel masks.
 
     python benchmarks/heatmaps.py --seeds 0 1 [--out section.md]
 

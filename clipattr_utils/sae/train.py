@@ -131,7 +131,7 @@ class TrainConfig:
     """Matryoshka only: the nested dictionary sizes as fractions of ``d_sae`` (increasing, the last 1)."""
     tokens: str = "class"
     """"class": one sample per image, the class token (the paper's). "patch": every patch token
-    of a ``extract(..., what="patch_tokens")`` cache is a sample (issue 23; the authors' spatial
+    of a ``extract(..., what="patch_tokens")`` cache is a sample (the authors' spatial
     mode reads patch tokens with a class-token SAE, this trains on them), at most
     ``patch_rows`` of them drawn once as whole images' tokens, so an epoch fits in memory."""
     patch_rows: int = 1_048_576

@@ -1,4 +1,4 @@
-"""Where in the image: patch-level latent maps and input heatmaps (issue 23).
+"""Where in the image: patch-level latent maps and input heatmaps.
 
     maps = spatial.latent_heatmap(clip, sae, images, latent, "integrated_gradients")
     acts = spatial.patch_activations(clip, sae, images, [latent])
