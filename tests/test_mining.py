@@ -300,6 +300,35 @@ def test_review_load_checks_the_whole_file_before_applying_any_row(tmp_path):
     assert view.load(path)["tag"].tolist() == ["", "polysemy"]
 
 
+def test_review_draws_the_pairs_latent_over_its_distractors_and_toggles_it():
+    import torch
+
+    from clipattr_utils.mining.review import ReviewView
+
+    class Images:
+        def load_image(self, i):
+            return np.full((8, 8, 3), 40 + int(i), dtype=np.uint8)
+
+    flagged = pd.DataFrame({"class": ["boat"], "latent": [5], "label": ["water"], "n_samples": [2], "mean_z": [4.0]})
+    samples = pd.DataFrame({"class": ["boat", "boat"], "latent": [5, 5], "sample_id": ["a", "b"], "row": [3, 7]})
+    calls = []
+
+    def heat(latent, rows):
+        calls.append((latent, list(rows)))
+        return torch.ones(len(rows), 2, 2)
+
+    view = ReviewView(flagged, samples, Images(), heat=heat)
+    hot = view.figure(0).axes[0].get_images()[0].get_array()
+    assert calls == [(5, [3, 7])]
+    box = view.show(interactive=True)
+    heat_box = box.children[0].children[1]
+    assert heat_box.value and not heat_box.disabled
+    heat_box.value = False
+    plain = view.figure(0).axes[0].get_images()[0].get_array()
+    assert np.array_equal(np.asarray(plain), Images().load_image(3)) and not np.array_equal(np.asarray(hot),
+                                                                                              np.asarray(plain))
+
+
 def test_auroc_and_table1_on_constructed_scores():
     from clipattr_utils.mining import evaluate as ev
 

@@ -30,10 +30,15 @@ class ReviewView:
         image_set: anything with ``load_image(row)`` (rows as in ``samples.row``).
         suggestions: optional table (class, latent, suggested_type, suggested_attribute,
             suggested_share), e.g. from ``ground_truth.pair_truth`` on the sandbox.
+        heat: ``(latent, rows) -> maps`` drawn over the distractors (`spatial.heat_source`:
+            where in each image the pair's latent fires), or None; a checkbox in the live view
+            switches them off.
     """
 
     def __init__(self, flagged: pd.DataFrame, samples: pd.DataFrame, image_set: Any = None, *,
-                 suggestions: pd.DataFrame | None = None, n_images: int = 8):
+                 suggestions: pd.DataFrame | None = None, n_images: int = 8, heat: Any = None):
+        self.heat = heat
+        self.show_heat = heat is not None
         self.flagged = flagged.reset_index(drop=True)
         self.samples = samples
         self.image_set = image_set
@@ -139,9 +144,15 @@ class ReviewView:
         if self.image_set is None or not card["rows"]:
             return None
         n = len(card["rows"])
+        maps = self.heat(card["latent"], card["rows"]) if self.heat is not None and self.show_heat else None
         fig, axes = plt.subplots(1, n, figsize=(1.4 * n, 1.7), squeeze=False)
-        for ax, row in zip(axes[0], card["rows"]):
-            ax.imshow(np.asarray(self.image_set.load_image(row)))
+        for c, (ax, row) in enumerate(zip(axes[0], card["rows"])):
+            image = self.image_set.load_image(row)
+            if maps is not None:
+                from ..spatial import overlay
+
+                image = overlay(image, maps[c])
+            ax.imshow(np.asarray(image))
             ax.axis("off")
         fig.suptitle(self.title(card), fontsize=7)
         return fig
@@ -170,6 +181,7 @@ class ReviewView:
         buttons = W.ToggleButtons(options=list(FAILURE_TYPES), value=None, description="tag")
         path = W.Text(value="review_tags.csv", description="CSV")
         save, load = W.Button(description="save"), W.Button(description="load")
+        heat_box = W.Checkbox(value=self.show_heat, description="heatmaps", disabled=self.heat is None)
         out = W.Output()
 
         def redraw(*_):
@@ -188,11 +200,16 @@ class ReviewView:
                 c = self.card(pick.value)
                 self.tag(c["class"], c["latent"], change["new"])
 
+        def on_heat(*_):
+            self.show_heat = bool(heat_box.value) and self.heat is not None
+            redraw()
+
         pick.observe(redraw, names="value")
         buttons.observe(on_tag, names="value")
+        heat_box.observe(on_heat, names="value")
         save.on_click(lambda _: self.save(path.value))
         load.on_click(lambda _: (self.load(path.value), redraw()))
-        box = W.VBox([pick, buttons, W.HBox([path, save, load]), out])
+        box = W.VBox([W.HBox([pick, heat_box]), buttons, W.HBox([path, save, load]), out])
         redraw()
         _display(box)
         return box
