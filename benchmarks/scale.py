@@ -99,6 +99,10 @@ def _written(path: Path, since: float) -> int:
     return sum(st.st_size for p in path.rglob("*") if p.is_file() and (st := p.stat()).st_mtime >= since)
 
 
+STORAGE = ["float32"]
+"""How the synthetic caches are stored (``--storage``; the readers return float32 either way)."""
+
+
 class Synthetic:
     """The generative model (module docstring); deterministic in ``seed``."""
 
@@ -142,7 +146,7 @@ class Synthetic:
         ids = [f"{wnids[c]}/{wnids[c]}_{i}.JPEG" for i, c in enumerate(labels)]  # ImageNet-shaped sample ids
         meta = {"key": f"synthetic-{salt}-{n}-{self.seed}{'-labeler' if labeler else ''}",
                 "what": "embedding" if labeler else "class_token"}
-        write_cache(path, np.load(tmp, mmap_mode="r"), labels, ids, meta=meta)
+        write_cache(path, np.load(tmp, mmap_mode="r"), labels, ids, meta=meta, storage=STORAGE[0])
         tmp.unlink()
 
 
@@ -294,10 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-rss-gb", type=float, default=None,
                    help="fail when a stage's peak RSS exceeds BASE + this x scale (e.g. 16 for the issue's bound)")
     p.add_argument("--keep", action="store_true", help="keep the generated caches (default: remove at the end)")
+    p.add_argument("--storage", default="float32", choices=["float32", "float16"],
+                   help="rows on disk in float32 (default) or float16 (features.write_cache(storage=))")
     p.add_argument("--isolate", action="store_true",
                    help="run each stage in a fresh process (its peak then holds nothing an earlier stage left; "
                         "stages recompute the top-100 table and the labels they need)")
     a = p.parse_args(argv)
+    STORAGE[0] = a.storage
     if not os.path.exists("/proc/self/clear_refs"):
         sys.exit("scale.py measures peak RSS through Linux's /proc/self/clear_refs")
     out = a.out or ROOT / "runs" / f"scale-{a.scale:g}"
@@ -307,7 +314,8 @@ def main(argv: list[str] | None = None) -> None:
 
             frames = []
             for name in a.stages:  # one child at a time
-                cmd = [sys.executable, __file__, "--scale", str(a.scale), "--out", str(out), "--stages", name, "--keep"]
+                cmd = [sys.executable, __file__, "--scale", str(a.scale), "--out", str(out), "--stages", name, "--keep",
+                       "--storage", a.storage]
                 if a.max_rss_gb is not None:
                     cmd += ["--max-rss-gb", str(a.max_rss_gb)]
                 subprocess.run(cmd, check=True)

@@ -47,7 +47,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,8 @@ from .transform_key import TransformKeyError, describe_transform  # noqa: F401  
 # 2: preprocessing keyed structurally (`describe_transform`), not by repr().
 FORMAT_VERSION = 2
 WHATS = ("class_token", "embedding", "patch_tokens")
+STORAGE = {"float32": np.float32, "float16": np.float16}
+"""How `extract` may store rows on disk (readers always return float32)."""
 """What `extract` caches: the class token after a block (pre-``ln_post``), or the final
 L2-normalised image embedding (a labeler's output)."""
 # Errors that mean "this file is not a usable image" — anything else is a bug and propagates.
@@ -168,6 +170,11 @@ class FeatureCache:
         return self.meta["key"]
 
     @property
+    def storage(self) -> str:
+        """How the rows sit on disk: "float32" or "float16" (reads return float32 either way)."""
+        return str(self._x.dtype)
+
+    @property
     def what(self) -> str:
         """``"class_token"`` (pre-LayerNorm class tokens) or ``"embedding"`` (unit final embeddings)."""
         return str(self.meta.get("what", "class_token"))
@@ -212,16 +219,19 @@ class FeatureCache:
 
 
 def write_cache(path: str | os.PathLike, x: torch.Tensor | np.ndarray, labels: Sequence[int] | None = None,
-                ids: Sequence[str] | None = None, meta: dict | None = None) -> FeatureCache:
+                ids: Sequence[str] | None = None, meta: dict | None = None, storage: str = "float32") -> FeatureCache:
     """Store in-memory features as a cache folder (atomically); returns it opened.
 
     For features that did not come from `extract` (synthetic data, tests, augmented sets).
-    Refuses to overwrite an existing folder.
+    Refuses to overwrite an existing folder. ``storage="float16"`` keeps the rows in half
+    precision on disk (readers return float32).
     """
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"write_cache: {path} already exists")
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    if storage not in STORAGE:
+        raise ValueError(f"write_cache: storage must be one of {list(STORAGE)}, got {storage!r}")
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=STORAGE[storage])
     if x.ndim != 2:
         raise ValueError(f"write_cache: features must be (N, d), got shape {x.shape}")
     n = len(x)
@@ -248,7 +258,8 @@ def write_cache(path: str | os.PathLike, x: torch.Tensor | np.ndarray, labels: S
 # extraction
 
 
-def cache_key(clip, image_set: ImageSet, layer: int, precision: str, what: str = "class_token") -> dict:
+def cache_key(clip, image_set: ImageSet, layer: int, precision: str, what: str = "class_token",
+              storage: str = "float32") -> dict:
     """Everything that determines the cached rows. Two runs share a cache only if all match.
 
     Every part is stable across processes (no memory addresses, no hash randomisation), so a
@@ -265,6 +276,8 @@ def cache_key(clip, image_set: ImageSet, layer: int, precision: str, what: str =
     }
     if what != "class_token":
         key["what"] = what
+    if storage != "float32":   # (float32 caches keep the keys they always had)
+        key["storage"] = storage
     return key
 
 
@@ -381,7 +394,7 @@ def _default_workers(device: torch.device) -> int:
 def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = None, batch_size: int = 64, layer: int = -1,
             num_workers: int | None = None, strict: bool = False, progress: bool = True,
             autocast: bool | None = None, what: str = "class_token", *, rank: int | None = None,
-            world_size: int | None = None, verify: bool = False) -> FeatureCache | None:
+            world_size: int | None = None, verify: bool = False, storage: str = "float32") -> FeatureCache | None:
     """Class tokens (pre-``ln_post``) after block ``layer`` for every image; cached and resumable.
 
     With ``what="embedding"``: the model's final image embedding (``model.encode_image``),
@@ -402,6 +415,9 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
         what: ``"class_token"`` (default) or ``"embedding"`` (see above; part of the key).
         rank, world_size: this process's shard (module docstring). Default: taken from an
             initialised ``torch.distributed`` process group, else a single process. Not part of the key.
+        storage: ``"float32"`` (default) or ``"float16"``: the rows on disk in half precision
+            (half the disk and page cache; every reader still returns float32; part of the key).
+            A patch-token cache of ImageNet train is 193 GB in float32 for ViT-B/32.
         verify: also re-hash an existing cache's ``features.npy`` (`FeatureCache.verify`, one
             full read); without it, sizes and the small files' hashes are checked. A cache that
             fails is extracted again (`RebuiltCacheWarning`).
@@ -412,6 +428,8 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     """
     if what not in WHATS:
         raise ValueError(f"extract: what must be one of {WHATS}, got {what!r}")
+    if storage not in STORAGE:
+        raise ValueError(f"extract: storage must be one of {list(STORAGE)}, got {storage!r}")
     if what == "embedding" and layer != -1:
         raise ValueError(f"extract(what='embedding'): the final embedding has no layer; leave layer=-1 (got {layer})")
     if what in ("class_token", "patch_tokens") and not getattr(clip, "has_head", True):
@@ -429,7 +447,7 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     n = len(image_set)
     if n == 0:
         raise ValueError(f"extract: image set {image_set.describe()} is empty")
-    key_dict = cache_key(clip, image_set, layer, precision, what)
+    key_dict = cache_key(clip, image_set, layer, precision, what, storage)
     key = key_hash(key_dict)
     where = {"class_token": f"L{layer}", "patch_tokens": f"P{layer}"}.get(what, "emb")
     name = f"{_slug(clip.name)}-{where}-{_slug(image_set.describe().get('kind', 'images'))}-{key}"
@@ -456,8 +474,10 @@ def extract(clip, image_set: ImageSet, cache_dir: str | os.PathLike | None = Non
     if num_workers is None:
         num_workers = _default_workers(device)
     run = _Run(clip, image_set, layer, what, d, strict, progress, use_amp, amp_dtype, num_workers, rank)
+    run.dtype = STORAGE[storage]
     if what == "patch_tokens" and progress and not final.exists():
-        print(f"extract: patch tokens of {clip.name} (block {layer}): {d // width} per image, {_size(4 * d * n)} for "
+        print(f"extract: patch tokens of {clip.name} (block {layer}): {d // width} per image, "
+              f"{_size(np.dtype(run.dtype).itemsize * d * n)} for "
               f"{n} images ({d // width}x a class-token cache)", file=sys.stderr)
     if world_size > 1:
         return _extract_sharded(run, work, final, key, key_dict, batch_size, world_size, group)
@@ -537,7 +557,7 @@ def _extract_single(run: _Run, work: Path, final: Path, key: str, key_dict: dict
             batch_size = state["batch_size"]
         features = rows_file(work / "features.npy")
     else:
-        features = rows_file(work / "features.npy", (n, d))
+        features = rows_file(work / "features.npy", (n, d), run.dtype)
         state = {"key_full": key_dict, "batch_size": batch_size, "next_row": 0, "skipped": []}
         write_json_atomic(progress_path, state)
 
@@ -567,8 +587,8 @@ def _open_or_discard(final: Path, verify: bool) -> FeatureCache | None:
     return None
 
 
-def rows_file(path: Path, shape: tuple[int, int] | None = None) -> np.memmap:
-    """A float32 ``.npy`` memmap to write rows into: created with ``shape``, or (None) reopened
+def rows_file(path: Path, shape: tuple[int, int] | None = None, dtype: Any = np.float32) -> np.memmap:
+    """A float32 (or ``dtype``) ``.npy`` memmap to write rows into: created with ``shape``, or (None) reopened
     to resume; either way with all of its bytes reserved on disk first.
 
     A memmap's file is sparse: a block is allocated when a row is first written to it, and
@@ -577,7 +597,7 @@ def rows_file(path: Path, shape: tuple[int, int] | None = None) -> np.memmap:
     reserved (``posix_fallocate``) here, where running out is an OSError (ENOSPC) that says
     how much is needed. Rows already written stay, so a rerun after freeing space resumes.
     """
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape) if shape is not None else \
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape) if shape is not None else \
         np.load(path, mmap_mode="r+")
     st = path.stat()
     missing = max(0, st.st_size - 512 * st.st_blocks)  # bytes not yet backed by a block
@@ -615,6 +635,7 @@ class _Run:
         self.clip, self.image_set, self.layer, self.what, self.d = clip, image_set, layer, what, d
         self.strict, self.progress, self.use_amp, self.amp_dtype = strict, progress, use_amp, amp_dtype
         self.num_workers, self.rank = num_workers, rank
+        self.dtype: Any = np.float32   # rows on disk (extract's ``storage``)
 
 
 def _exit_hook(rank: int) -> int | None:
@@ -811,7 +832,7 @@ def _extract_shard(run: _Run, shards: Path, layout: dict, rank: int, key_dict: d
         state = {"key_full": key_dict, "batch_size": layout["batch_size"], "start": start, "stop": stop,
                  "next_row": start, "skipped": []}
         if stop > start:  # numpy cannot map an empty file: an empty shard has no rows file
-            rows_file(folder / "features.npy", (stop - start, run.d)).flush()
+            rows_file(folder / "features.npy", (stop - start, run.d), run.dtype).flush()
         write_json_atomic(progress_path, state)
     elif state["next_row"] < stop and run.progress:
         import sys
@@ -832,7 +853,7 @@ def _finish_shards(run: _Run, work: Path, final: Path, key: str, key_dict: dict,
     state = _read_json(work / "progress.json")
     if state is None:
         tmp = work / "features.assembling.npy"
-        out = rows_file(tmp, (n, d))
+        out = rows_file(tmp, (n, d), run.dtype)
         skipped: list = []
         for r, (start, stop) in enumerate(layout["ranges"]):
             folder = _shard_dir(shards, layout, r)
@@ -870,7 +891,7 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
     if skipped:
         # Compact once at the end so readers never see placeholder rows.
         full = np.load(work / "features.npy", mmap_mode="r")
-        compact = rows_file(work / "features.compact.npy", (len(keep), full.shape[1]))
+        compact = rows_file(work / "features.compact.npy", (len(keep), full.shape[1]), full.dtype)
         for s in range(0, len(keep), 65536):
             compact[s:s + 65536] = full[keep[s:s + 65536]]
         compact.flush()
@@ -885,6 +906,7 @@ def _finalize(work: Path, final: Path, image_set: ImageSet, key: str, key_dict: 
     meta = {
         "format": FORMAT_VERSION, "key": key, "key_full": key_dict, "n": int(len(keep)),
         "d": int(d), "layer": layer, "what": what, "model": clip.identity,
+        "storage": str(np.load(work / "features.npy", mmap_mode="r").dtype),
         **({"tokens_per_image": int(d) // int(clip.model.visual.transformer.width),
             "token_width": int(clip.model.visual.transformer.width),
             "grid": list(map(int, clip.model.visual.grid_size))} if what == "patch_tokens" else {}),

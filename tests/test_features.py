@@ -412,3 +412,34 @@ def test_patch_tokens_are_open_clips_and_a_full_disk_is_refused(clip_tiny, tmp_p
     with pytest.raises(OSError, match=r"features.npy needs .* more on disk"):
         features.extract(clip_tiny, images, tmp_path / "full", batch_size=4, num_workers=0, progress=False,
                          what="patch_tokens")
+
+
+def test_float16_storage_halves_the_rows_and_reads_back_as_float32(clip_tiny, tmp_path):
+    """extract(storage="float16") (ImageNet-sized patch-token caches): the rows are the float32
+    extraction's rounded to half precision, in a cache of their own, half the size on disk;
+    readers, the top-activating pass and SAE training see float32."""
+    from clipattr_utils.labeling.top import top_activating
+    from clipattr_utils.sae import TopKSAE, TrainConfig, train
+
+    rng = np.random.default_rng(8)
+    images = TensorImageSet([rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(24)])
+    kw = dict(batch_size=8, num_workers=0, progress=False)
+    full = features.extract(clip_tiny, images, tmp_path, **kw)
+    half = features.extract(clip_tiny, images, tmp_path, storage="float16", **kw)
+    assert half.path != full.path and half.storage == "float16" and full.storage == "float32"
+    assert half.read().dtype == torch.float32 and half.take([3, 1]).dtype == torch.float32
+    assert torch.equal(half.read(), full.read().half().float())
+    assert (half.path / "features.npy").stat().st_size < 0.6 * (full.path / "features.npy").stat().st_size
+    patches = features.extract(clip_tiny, images, tmp_path, what="patch_tokens", storage="float16", **kw)
+    assert patches.patches().dtype == torch.float32 and patches.patches().shape == (24, 16, 48)
+    torch.manual_seed(0)
+    sae = TopKSAE(48, 32, k=4)
+    a, b = top_activating(half, sae, n=5, progress=False), top_activating(full.read().half().float(), sae, n=5,
+                                                                          progress=False)
+    assert torch.equal(a.rows, b.rows), (a.values - b.values).abs().max()
+    torch.testing.assert_close(a.values, b.values, equal_nan=True)
+    train(half, TrainConfig(d_sae=32, k=4, epochs=1, batch_size=8, device="cpu"), progress=False)
+    written = features.write_cache(tmp_path / "w", full.read(), storage="float16")
+    assert written.storage == "float16" and torch.equal(written.read(), full.read().half().float())
+    with pytest.raises(ValueError, match="storage must be one of"):
+        features.extract(clip_tiny, images, tmp_path, storage="bfloat16", **kw)

@@ -323,7 +323,7 @@ def _chunks(features: Any, chunk_rows: int) -> tuple[int, int, Iterator[tuple[in
     if features.ndim != 2:
         raise ValueError(f"features must be (N, d_in), got shape {tuple(features.shape)}")
     x = features.detach()
-    it = ((s, x[s:s + chunk_rows]) for s in range(0, x.shape[0], chunk_rows))
+    it = ((s, x[s:s + chunk_rows].float()) for s in range(0, x.shape[0], chunk_rows))  # float16 rows too
     return int(x.shape[0]), int(x.shape[1]), it, None, {}
 
 
