@@ -499,6 +499,20 @@ def test_prisma_unreproducible_settings_refused(tmp_path, over, extra, key):
     assert "config.json" in str(err.value) or "weights.pt" in str(err.value)
 
 
+def test_prisma_patch_only_sae_loads_for_patch_tokens(tmp_path):
+    """A patch-token SAE (use_patches_only) is refused for class tokens, and loads with
+    tokens="patch" (patch-token maps, patch-token caches), its meta saying so."""
+    folder = _write_prisma(tmp_path / "p", _prisma_cfg(use_patches_only=True, cls_token_only=False), _weights())
+    with pytest.raises(FormatError, match="load it with tokens='patch'"):
+        TopKSAE.load(folder)
+    sae = TopKSAE.load(folder, tokens="patch")
+    assert sae.meta["tokens"] == "patch" and sae.d_sae == D_SAE
+    with pytest.raises(ValueError, match="tokens must be"):
+        TopKSAE.load(folder, tokens="cls")
+    cls = TopKSAE.load(_write_prisma(tmp_path / "c", _prisma_cfg(), _weights()))
+    assert cls.meta["tokens"] == "class"
+
+
 def test_prisma_all_token_sae_loads_with_a_warning(tmp_path):
     folder = _write_prisma(tmp_path / "p", _prisma_cfg(cls_token_only=False, context_size=50), _weights())
     with pytest.warns(UserWarning, match="cls_token_only=False"):

@@ -210,7 +210,7 @@ def hub_files(listing: list[str], prefix: str = "", hint: str | None = None) -> 
 
 def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
              revision: str | None = None, device: str | torch.device = "cpu", clip: Any = None,
-             max_active: int | None = None, k: int | None = None) -> TopKSAE:
+             max_active: int | None = None, k: int | None = None, tokens: str = "class") -> TopKSAE:
     """Load an SAE folder (local, or a Hugging Face repo id with optional ``subfolder``).
 
     The layout (ours, SAELens, sparsify, Prisma) is picked from the files present; see the
@@ -231,15 +231,22 @@ def load_sae(path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfol
             :mod:`.model`); an error for a top-k SAE, whose width is its k.
         k: the k of a top-k SAE whose file does not store it (overcomplete's state dicts);
             for any other layout it must equal the file's k.
+        tokens: ``"class"`` (default: the SAE will read class tokens) or ``"patch"`` (it will
+            read patch tokens: `spatial.patch_activations`, patch-token caches); with "patch",
+            Prisma SAEs trained on patch tokens only (``use_patches_only``) load.
 
     ``sae.meta`` records the provenance: ``source``, and for imported layouts
     ``source_format``, ``source_config``, and where known ``model_name``, ``hook_name``,
     ``layer`` (the ``layer=`` of ``features.extract``) and ``open_clip``.
     """
+    if tokens not in ("class", "patch"):
+        raise ValueError(f"TopKSAE.load: tokens must be 'class' or 'patch', got {tokens!r}")
     folder, hint = resolve(path_or_repo, subfolder, revision, with_hint=True)
     layout, weights_path = detect_layout(folder, hint)
     if layout == OVERCOMPLETE:
         parts = read_overcomplete(folder, weights_path, k)
+    elif layout == PRISMA:
+        parts = read_prisma(folder, weights_path, tokens=tokens)
     else:
         parts = READERS[layout](folder, weights_path)
         if k is not None and "threshold" not in parts.tensors and int(k) != parts.k:

@@ -276,9 +276,10 @@ class TopKSAE(nn.Module):
     @classmethod
     def load(cls, path_or_repo: str | os.PathLike, *, d_in: int | None = None, subfolder: str | None = None,
              revision: str | None = None, device: str | torch.device = "cpu",
-             max_active: int | None = None, k: int | None = None) -> "TopKSAE":
+             max_active: int | None = None, k: int | None = None, tokens: str = "class") -> "TopKSAE":
         """Load from a local folder or a Hugging Face repo id (see :func:`.io.load_sae`;
-        ``max_active``: a JumpReLU SAE's code width; ``k``: for files that do not store it).
+        ``max_active``: a JumpReLU SAE's code width; ``k``: for files that do not store it;
+        ``tokens="patch"``: it will read patch tokens, so patch-only published SAEs load).
 
         ``d_in`` is the feature width the caller will feed; a mismatch is an error naming
         both shapes.
@@ -286,7 +287,7 @@ class TopKSAE(nn.Module):
         from .io import load_sae
 
         return load_sae(path_or_repo, d_in=d_in, subfolder=subfolder, revision=revision, device=device,
-                        max_active=max_active, k=k)
+                        max_active=max_active, k=k, tokens=tokens)
 
     # ------------------------------------------------------------------ helpers
 

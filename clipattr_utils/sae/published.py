@@ -29,7 +29,8 @@ config.json keys read or checked:
 * ``cls_token_only``: **false is accepted with a warning** (``meta["cls_token_only"] =
   False``): such an SAE was trained on all 50 tokens, so its encoder still applies to the
   class token, but its latents and statistics are not class-token ones. ``use_patches_only``
-  true (trained on patch tokens only, never on the class token) is refused;
+  true (trained on patch tokens only, never on the class token) is refused, unless the caller
+  loads it for patch tokens (``TopKSAE.load(..., tokens="patch")``: ``meta["tokens"]``);
 * ``model_name``: kept in ``meta["model_name"]`` and mapped to an open_clip (name, pretrained
   tag) in ``meta["open_clip"]`` (see :func:`open_clip_identity`).
 
@@ -141,7 +142,7 @@ def _layer(cfg: dict, where: Path) -> int:
                       "the residual stream after a block (hook_resid_post), so this SAE's input cannot be produced")
 
 
-def _check_config(cfg: dict, where: Path) -> int:
+def _check_config(cfg: dict, where: Path, tokens: str = "class") -> int:
     """Refuse what TopKSAE cannot reproduce; return k."""
     arch = cfg.get("architecture", "standard")
     if arch not in (None, "standard"):
@@ -162,8 +163,11 @@ def _check_config(cfg: dict, where: Path) -> int:
         raise FormatError(f"{where}: normalize_activations={norm!r}; Prisma then rescales each input before "
                           "encoding and each output after decoding, which TopKSAE cannot reproduce (only "
                           "none/null is accepted)")
-    for key, why in (("is_transcoder", "a transcoder predicts another hook's output"),
-                     ("use_patches_only", "it was trained on patch tokens only, never on the class token")):
+    refused = [("is_transcoder", "a transcoder predicts another hook's output")]
+    if tokens != "patch":
+        refused.append(("use_patches_only", "it was trained on patch tokens only, never on the class token (for "
+                                            "patch-token maps and caches, load it with tokens='patch')"))
+    for key, why in refused:
         if not falsy(cfg.get(key)):
             raise FormatError(f"{where}: {key}={cfg[key]!r}; {why}")
     if cfg.get("hook_point_head_index") is not None:
@@ -172,13 +176,15 @@ def _check_config(cfg: dict, where: Path) -> int:
     return require_int(kwargs, "k", where)
 
 
-def read_prisma(folder: Path, weights_path: Path | None = None) -> SAEParts:
-    """A Prisma top-k SAE folder as :class:`SAEParts` (refusing what TopKSAE cannot reproduce)."""
+def read_prisma(folder: Path, weights_path: Path | None = None, tokens: str = "class") -> SAEParts:
+    """A Prisma top-k SAE folder as :class:`SAEParts` (refusing what TopKSAE cannot reproduce).
+    ``tokens="patch"``: the caller will apply it to patch tokens (`spatial.patch_activations`,
+    a ``what="patch_tokens"`` cache), so an SAE trained on patch tokens only is accepted."""
     folder = Path(folder)
     cfg_path = folder / PRISMA_CONFIG
     weights_path = Path(weights_path) if weights_path is not None else folder / "weights.pt"
     cfg = read_json(cfg_path)
-    k = _check_config(cfg, cfg_path)
+    k = _check_config(cfg, cfg_path, tokens)
     layer = _layer(cfg, cfg_path)
     d_in = require_int(cfg, "d_in", cfg_path)
     if cfg.get("d_sae") is not None:
@@ -187,7 +193,7 @@ def read_prisma(folder: Path, weights_path: Path | None = None) -> SAEParts:
         d_sae = require_int(cfg, "expansion_factor", cfg_path) * d_in
     else:
         raise FormatError(f"{cfg_path}: gives no width (d_sae or expansion_factor)")
-    if cfg.get("cls_token_only") is not True:
+    if cfg.get("cls_token_only") is not True and tokens != "patch":
         warnings.warn(f"{cfg_path}: cls_token_only={cfg.get('cls_token_only')!r}: this SAE was trained on every "
                       "token, not the class token alone; it encodes class tokens, but its latents and statistics "
                       "are not the class-token SAE the paper assumes", stacklevel=3)
@@ -203,6 +209,8 @@ def read_prisma(folder: Path, weights_path: Path | None = None) -> SAEParts:
         "open_clip": open_clip_identity(model_name), "layer": layer,
         "hook_name": f"blocks.{cfg.get('hook_point_layer')}.{cfg.get('layer_subtype', 'hook_resid_post')}",
         "cls_token_only": bool(cfg.get("cls_token_only")),
+        "tokens": "class" if cfg.get("cls_token_only") is True else
+                  "patch" if not falsy(cfg.get("use_patches_only")) else "all",
         "source_dtype": str(tensors["W_dec"].dtype).removeprefix("torch."),
     }
     return SAEParts(PRISMA, d_in, d_sae, k, True, tensors, meta, weights_path)
