@@ -88,22 +88,23 @@ def latent_heatmap(clip: Any, sae: Any, images: Sequence[Image.Image] | torch.Te
     batch = pixels(clip, images)
     # ``batch_size`` counts forward rows: integrated gradients runs ``steps`` rows per image.
     per = max(1, int(batch_size) // int(steps)) if method == "integrated_gradients" else int(batch_size)
-    heats, values = [], []
+    heats, values, tokens = [], [], []
     for s in range(0, batch.shape[0], per):
-        h, v = _heat(clip, sae, batch[s:s + per], int(latent), method, layer, int(steps))
+        h, v, x = _heat(clip, sae, batch[s:s + per], int(latent), method, layer, int(steps))
         heats.append(h)
         values.append(v)
+        tokens.append(x)
     heat, value = torch.cat(heats), torch.cat(values)
     if target is not None:
-        with torch.no_grad():
-            x = forward_tokens(clip, batch, layer).class_token
-        scale = output_gradient(sae, clip.head, x, latent, target, int(output)).detach()
+        # the class tokens of the pass that drew the maps: no second pass through the tower
+        scale = output_gradient(sae, clip.head, torch.cat(tokens), latent, target, int(output)).detach()
         heat, value = heat * scale[:, None, None], value * scale
     return LatentMaps(heat, value, method)
 
 
 def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, layer: int, steps: int
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(maps, the latent's pre-activation, the class tokens) of one batch."""
     with torch.enable_grad():
         if method == "gradient":
             leaf = batch.detach().clone().requires_grad_(True)
@@ -113,7 +114,7 @@ def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, la
             rows, cols = tok.grid
             heat = g.abs().sum(1, keepdim=True)
             heat = F.adaptive_avg_pool2d(heat, (rows, cols))[:, 0] * (heat.shape[-2] * heat.shape[-1] / (rows * cols))
-            return heat.detach().cpu(), f.detach()
+            return heat.detach().cpu(), f.detach(), tok.class_token.detach()
         if method == "grad_x_input":
             leaves: dict[str, torch.Tensor] = {}
 
@@ -125,7 +126,7 @@ def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, la
             f = _pre_activation(sae, tok.class_token, latent)
             (g,) = torch.autograd.grad(f.sum(), leaves["e"])
             heat = (g * leaves["e"]).sum(-1)
-            return heat.detach().cpu().reshape(-1, *tok.grid), f.detach()
+            return heat.detach().cpu().reshape(-1, *tok.grid), f.detach(), tok.class_token.detach()
         # Integrated gradients from the zero patch embedding (positional and class embeddings
         # kept): midpoints alpha = (i + 0.5) / steps, every alpha of an image in one batch.
         n = batch.shape[0]
@@ -140,7 +141,8 @@ def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, la
         (g,) = torch.autograd.grad(f.sum(), leaf)
         mean_grad = g.reshape(steps, n, *e_full.shape[1:]).mean(0)
         heat = (mean_grad * e_full).sum(-1)
-        return heat.detach().cpu().reshape(-1, *ref.grid), _pre_activation(sae, ref.class_token, latent).detach()
+        return (heat.detach().cpu().reshape(-1, *ref.grid), _pre_activation(sae, ref.class_token, latent).detach(),
+                ref.class_token.detach())
 
 
 @torch.no_grad()
