@@ -303,6 +303,10 @@ def write_atlas(run_dir: Path, n_show: int = N_SHOW, heat_cards: int = HEAT_CARD
         if weak:  # Eq. 2 score <= 0: the label fits no better than the empty prompt
             badges = "<span class='badge weak' title='fits no better than the empty prompt (Eq. 2 score <= 0)'>" \
                      "weak label</span>" + badges
+        eq2 = str(r.get("eq2_label", "") or "")
+        if eq2 and eq2 != str(r["label"]):  # the label guard (labeling.support) set Eq. 2's argmax aside
+            badges += (f"<span class='badge weak' title='Eq. 2 alone gives {html.escape(eq2, quote=True)}, but the "
+                       f"labeler calls fewer than half of the top images that'>not {html.escape(eq2)}</span>")
         kind = kinds.get(str(r["label"]), "")
         if kind:  # which attribute the label names (vocabulary.csv): object, background, text, ...
             badges = f"<span class='kind'>{html.escape(kind)}</span>" + badges

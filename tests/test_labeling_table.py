@@ -51,6 +51,13 @@ def test_label_latents_assigns_the_planted_labels():
     assert (table["attribute"] == "object").all()
     assert (table["clarity"] > 0.5).all() and table["polysemanticity"].between(0, 1).all()
     first = table.loc[0, "top_labels"]
+    # every top image of latent 0 shows c0, so the guard lets no other object label through
+    assert first == [("c0", pytest.approx(table.loc[0, "alignment"]))]
+    assert (table["support"] == 1.0).all() and (table["eq2_label"] == table["label"]).all()
+    unguarded = label_latents(top, None, vocab, labeler_embeddings=E, n_used=20, min_count=21, guard=None,
+                              progress=False)
+    assert unguarded["label"].tolist() == table["label"].tolist() and unguarded["support"].isna().all()
+    first = unguarded.loc[0, "top_labels"]
     assert first[0][0] == "c0" and len(first) == 5 and first[0][1] == pytest.approx(table.loc[0, "alignment"])
     assert table.loc[0, "expected_label"] == "c0" and table.loc[3, "expected_label"] in ("c0", "c1")
     assert table.loc[3, "expected_alignment"] < table.loc[3, "alignment"]
@@ -62,7 +69,8 @@ def test_label_latents_assigns_the_planted_labels():
     assert 6 not in set(t21["latent"]) and 6 in set(t20["latent"])
     # without labeler embeddings: labels from component embeddings, clarity NaN
     from clipattr_utils.labeling import component_embeddings
-    t = label_latents(top, component_embeddings(top, E, 20, progress=False), vocab, min_count=21, progress=False)
+    t = label_latents(top, component_embeddings(top, E, 20, progress=False), vocab, min_count=21, guard=None,
+                      progress=False)
     assert t["label"].tolist() == table["label"].tolist() and t["clarity"].isna().all()
 
 

@@ -56,7 +56,8 @@ def run_dir(tmp_path):
     _write(run / "02_labeling" / "latents.csv", pd.DataFrame({
         "latent": [7, 9], "label": ["water", "red car"], "alignment": [0.21, -0.02], "clarity": [0.61, 0.4],
         "polysemanticity": [0.1, 0.2], "firing_rate": [0.0123, 0.02], "mean_activation": [1.0, 2.0],
-        "top5_mean": [3.0, 4.0], "hidden": [True, False], "top20_mean": [2.5, 3.5], "count": [55, 66]}))
+        "top5_mean": [3.0, 4.0], "hidden": [True, False], "top20_mean": [2.5, 3.5], "count": [55, 66],
+        "support": [float("nan"), 0.55], "eq2_label": ["boat", "red car"]}))
     _write(run / "02_labeling" / "top_samples.csv", pd.DataFrame({
         "latent": [7, 7, 7, 9], "rank": [0, 1, 2, 0], "sample_id": water + [pool.sample_id(0)],
         "activation": [5.0, 4.0, 3.0, 2.0]}))
@@ -131,6 +132,8 @@ def test_atlas_cards(run_dir):
     assert "<span class='kind'>background</span>" in water and "weak label" not in water
     car = next(c for c in cards if "latent 9:" in c)
     assert "weak label" in car and "<span class='kind'>colour+object</span>" in car
+    # the label guard set Eq. 2's own argmax aside on latent 7 (and not on 9): the card says so
+    assert "not boat" in water and "not " not in re.sub(r"<[^>]+>", " ", car).replace("no better", "")
     assert "filter by label" in page and "addEventListener" in page
 
 

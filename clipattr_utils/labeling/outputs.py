@@ -4,7 +4,8 @@
 
 * ``latents.csv``: one row per labelled latent — ``latent, label, alignment, clarity,
   polysemanticity, firing_rate, mean_activation, top5_mean, hidden`` (plus ``top20_mean``,
-  ``attribute``, ``value``, ``expected_label``, ``expected_alignment`` where known);
+  ``attribute``, ``value``, ``support`` and ``eq2_label`` (the label guard, `labeling.support`),
+  ``expected_label``, ``expected_alignment`` where known);
 * ``top_samples.csv``: ``latent, rank, sample_id, activation`` — the top ``n_used`` samples
   behind each labelled latent;
 * ``pool.json``: how to rebuild the image set the rows index (for the sandbox the
@@ -35,7 +36,8 @@ from .vocabulary import Vocabulary
 
 LATENT_COLUMNS = ("latent", "label", "alignment", "clarity", "polysemanticity", "firing_rate", "mean_activation",
                   "top5_mean", "hidden")
-EXTRA_COLUMNS = ("top20_mean", "count", "attribute", "value", "expected_label", "expected_alignment")
+EXTRA_COLUMNS = ("top20_mean", "count", "attribute", "value", "support", "eq2_label", "expected_label",
+                 "expected_alignment")
 
 
 def _csv(frame: pd.DataFrame) -> str:

@@ -19,23 +19,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from .align import DEFAULT_ALIGN_BYTES, align, expected_alignment
 from .labeler import component_embeddings, iter_top_embeddings
 from .quality import clarity_of, polysemanticity_of
+from .support import GUARDED_ATTRIBUTES, guarded_values, value_shares
 from .top import TopSamples
 from .vocabulary import Vocabulary
 
-TABLE_COLUMNS = ("latent", "label", "attribute", "value", "alignment", "clarity", "polysemanticity", "count",
-                 "firing_rate", "mean_activation", "top5_mean", "top20_mean", "top_labels")
+TABLE_COLUMNS = ("latent", "label", "attribute", "value", "alignment", "support", "eq2_label", "clarity",
+                 "polysemanticity", "count", "firing_rate", "mean_activation", "top5_mean", "top20_mean", "top_labels")
 """Columns of `label_latents` (plus ``expected_label``, ``expected_alignment`` when expected labels are given)."""
 
 
 def label_latents(top: TopSamples, component_emb: torch.Tensor | None, vocabulary: Vocabulary, *,
                   labeler_embeddings: Any = None, n_used: int = 20, min_count: int = 20, top_m: int = 5,
-                  expected_labels: Sequence[str] | Vocabulary | None = None, budget_bytes: int = DEFAULT_ALIGN_BYTES,
-                  progress: bool = True) -> pd.DataFrame:
-    """One row per latent with ``count >= min_count``: its label (argmax of Eq. 2), scores and statistics.
+                  expected_labels: Sequence[str] | Vocabulary | None = None,
+                  guard: Sequence[str] | None = GUARDED_ATTRIBUTES, min_support: float = 0.5,
+                  budget_bytes: int = DEFAULT_ALIGN_BYTES, progress: bool = True) -> pd.DataFrame:
+    """One row per latent with ``count >= min_count``: its label (argmax of Eq. 2 among the
+    supported labels), scores and statistics.
 
     Args:
         top: `top_activating` of the explained model's features.
@@ -49,12 +53,22 @@ def label_latents(top: TopSamples, component_emb: torch.Tensor | None, vocabular
         expected_labels: labels the explained model is expected to use (e.g. the class names), from
             ``vocabulary`` or as a `Vocabulary` of their own (same labeler and templates);
             adds ``expected_label`` / ``expected_alignment`` (best expected label and its s_j).
+        guard: attributes whose labels must describe most top images (`labeling.support`):
+            a label naming a value of one (on the sandbox: an object, "boat", "red boat") is
+            kept only when the labeler classifies at least ``min_support`` of the latent's top
+            ``n_used`` images as that value; otherwise Eq. 2's next label wins. Needs
+            ``labeler_embeddings``; labels of other attributes, and vocabularies without an
+            ``attribute`` column, are never guarded. None: Eq. 2's argmax, unguarded.
+        min_support: the share that supports a label (0.5: a majority).
 
     Returns:
         columns `TABLE_COLUMNS`: ``latent``; ``label`` with its vocabulary ``attribute`` and
-        ``value``; ``alignment`` = s_j(label) (Eq. 2); ``clarity``; ``polysemanticity``;
+        ``value``; ``alignment`` = s_j(label) (Eq. 2); ``support`` = the share of the top images
+        the labeler classifies as the label's guarded value (NaN for unguarded labels);
+        ``eq2_label``: Eq. 2's argmax before the guard; ``clarity``; ``polysemanticity``;
         ``count``, ``firing_rate``, ``mean_activation`` (over firing rows), ``top5_mean``,
-        ``top20_mean``; ``top_labels`` = [(label, s_j), ...] best first.
+        ``top20_mean``; ``top_labels`` = [(label, s_j), ...] best first, among the labels
+        the guard lets through.
     """
     if component_emb is None:
         if labeler_embeddings is None:
@@ -68,7 +82,13 @@ def label_latents(top: TopSamples, component_emb: torch.Tensor | None, vocabular
     labels = np.asarray(vocabulary.labels + [None], dtype=object)
     attr = np.asarray(list(vocabulary.frame["attribute"]) + [None], dtype=object)
     value = np.asarray(list(vocabulary.frame["value"]) + [None], dtype=object)
-    li = al.label_index.numpy()
+    eq2 = al.label_index.numpy()
+    ti, ts = al.top_m_index.numpy().copy(), al.top_m_score.numpy().copy()
+    sup = np.full(len(keep), np.nan)
+    if guard is not None and len(keep):
+        ti, ts, sup = _guard(top, emb, al, vocabulary, keep, labeler_embeddings, tuple(guard), float(min_support),
+                             n_used, ti, ts, progress)
+    li = ti[:, 0]
     clar = torch.full((len(keep),), float("nan"))
     poly = torch.full((len(keep),), float("nan"))
     if labeler_embeddings is not None and len(keep):
@@ -77,13 +97,12 @@ def label_latents(top: TopSamples, component_emb: torch.Tensor | None, vocabular
             clar[pos:pos + len(E)] = clarity_of(E, mask)
             poly[pos:pos + len(E)] = polysemanticity_of(E, mask)
             pos += len(E)
-    ti, ts = al.top_m_index.numpy(), al.top_m_score.numpy()
     top_labels = [[(labels[i], float(s)) for i, s in zip(ri, rs) if i >= 0] for ri, rs in zip(ti, ts)]
     k = keep
     frame = pd.DataFrame({
         "latent": k.numpy().astype(np.int64),
         "label": labels[li], "attribute": attr[li], "value": value[li],
-        "alignment": al.score.numpy(), "clarity": clar.numpy(), "polysemanticity": poly.numpy(),
+        "alignment": ts[:, 0], "support": sup, "eq2_label": labels[eq2], "clarity": clar.numpy(), "polysemanticity": poly.numpy(),
         "count": top.count[k].numpy(), "firing_rate": top.firing_rate[k].numpy(),
         "mean_activation": top.mean_activation[k].numpy(), "top5_mean": top.top5_mean[k].numpy(),
         "top20_mean": top.top20_mean[k].numpy(), "top_labels": top_labels,
@@ -93,6 +112,54 @@ def label_latents(top: TopSamples, component_emb: torch.Tensor | None, vocabular
         frame["expected_label"] = ex["expected_label"].to_numpy()
         frame["expected_alignment"] = ex["expected_alignment"].to_numpy()
     return frame
+
+
+def _guard(top: TopSamples, emb: torch.Tensor, al: Any, vocabulary: Vocabulary, keep: torch.Tensor, labeler_embeddings: Any,
+           guard: tuple[str, ...], min_support: float, n_used: int, ti: np.ndarray, ts: np.ndarray,
+           progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eq. 2's top-m among the labels the guard lets through (`labeling.support`), and the
+    chosen label's support; rows whose listed labels all pass keep Eq. 2's ranking as it is."""
+    if not 0.0 < min_support <= 1.0:
+        raise ValueError(f"label_latents: min_support must be in (0, 1], got {min_support}")
+    gv = guarded_values(vocabulary, guard)
+    guarded = gv.guarded
+    if not guarded.any():
+        return ti, ts, np.full(len(keep), np.nan)
+    if labeler_embeddings is None:
+        raise ValueError(f"label_latents: guard={guard} checks labels against the top images' labeler embeddings; "
+                         "pass labeler_embeddings (or guard=None for Eq. 2's argmax unguarded)")
+    t = F.normalize(vocabulary.embeddings.float(), dim=1)
+    m = ti.shape[1]
+    sup = np.full(len(keep), np.nan)
+    pos = 0
+    for _, E, mask in iter_top_embeddings(top, labeler_embeddings, n_used, latents=keep, progress=progress):
+        B = len(E)
+        support = torch.full((B, len(vocabulary)), float("inf"))
+        for a in gv.values:
+            shares = value_shares(E, mask, t, gv.reference[a], gv.reference_value[a], len(gv.values[a]))
+            lv = gv.label_value[a]
+            named = torch.as_tensor(np.flatnonzero(lv >= 0))
+            support[:, named] = torch.minimum(support[:, named], shares[:, torch.as_tensor(lv[lv >= 0])])
+        blocked = support < min_support  # inf (unguarded) never blocks
+        rows = slice(pos, pos + B)
+        listed = torch.as_tensor(ti[rows])
+        redo = torch.nonzero((blocked.gather(1, listed.clamp_min(0)) & (listed >= 0)).any(1)).flatten()
+        if len(redo):
+            # Eq. 2 over every label for these latents, the blocked ones left out
+            c = F.normalize(emb[pos + redo].float(), dim=1)
+            s = c @ t.T - al.baseline[pos + redo][:, None]
+            s[blocked[redo]] = float("-inf")
+            val, idx = torch.topk(s, min(m, s.shape[1]), dim=1)
+            idx[torch.isinf(val)] = -1
+            val[torch.isinf(val)] = float("nan")
+            ti[(pos + redo).numpy()] = idx.numpy()
+            ts[(pos + redo).numpy()] = val.numpy()
+        chosen = torch.as_tensor(ti[rows, 0])
+        got = support.gather(1, chosen.clamp_min(0)[:, None]).squeeze(1)
+        got[torch.isinf(got) | (chosen < 0)] = float("nan")
+        sup[rows] = got.numpy()
+        pos += B
+    return ti, ts, sup
 
 
 def per_latent_values(values: Any, latents: np.ndarray, what: str) -> np.ndarray:
