@@ -99,6 +99,13 @@ def _written(path: Path, since: float) -> int:
     return sum(st.st_size for p in path.rglob("*") if p.is_file() and (st := p.stat()).st_mtime >= since)
 
 
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_embedding_bag", "aten::linear")
+"""Ops whose self CPU time counts as matrix products in ``--profile`` (``aten::linear`` and
+``aten::matmul`` dispatch to mm/addmm, so their own self time is small)."""
+
+PROFILE = [False]
+"""``--profile``: time each stage under torch.profiler and report the share in `GEMM_OPS`."""
+
 STORAGE = ["float32"]
 """How the synthetic caches are stored (``--storage``; the readers return float32 either way)."""
 
@@ -180,12 +187,24 @@ def run(scale: float, out: Path, stages: list[str], max_rss_gb: float | None, se
                 return
             since = time.time()
             _reset_peak()
+            prof = None
+            if PROFILE[0]:
+                from torch.profiler import ProfilerActivity, profile
+
+                prof = profile(activities=[ProfilerActivity.CPU])
+                prof.__enter__()
             t0 = time.perf_counter()
             with AnonPeak() as anon:
                 fn()
-            rows.append({"scale": scale, "stage": name, "N": n, "seconds": round(time.perf_counter() - t0, 1),
+            seconds = time.perf_counter() - t0
+            rows.append({"scale": scale, "stage": name, "N": n, "seconds": round(seconds, 1),
                          "peak_anon_gb": round(anon.peak, 2), "peak_rss_gb": round(_status_gb("VmHWM"), 2),
                          "written_mb": round(_written(out, since) / 2**20, 1)})
+            if prof is not None:
+                prof.__exit__(None, None, None)
+                # torch ops only: sklearn's and numpy's BLAS calls (the probe) are not seen
+                gemm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMM_OPS) / 1e6
+                rows[-1]["gemm_share"] = round(gemm / max(seconds, 1e-9), 3)
             print(json.dumps(rows[-1]), flush=True)
             bound = FIXED_GB[name] + max_rss_gb * scale if max_rss_gb is not None else None
             if bound is not None and rows[-1]["peak_anon_gb"] > bound:
@@ -300,11 +319,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep", action="store_true", help="keep the generated caches (default: remove at the end)")
     p.add_argument("--storage", default="float32", choices=["float32", "float16"],
                    help="rows on disk in float32 (default) or float16 (features.write_cache(storage=))")
+    p.add_argument("--profile", action="store_true",
+                   help="time each stage under torch.profiler: the share of its wall time in matrix products "
+                        "(gemm_share; profiling slows Python-heavy stages, so run it apart from the timing runs)")
     p.add_argument("--isolate", action="store_true",
                    help="run each stage in a fresh process (its peak then holds nothing an earlier stage left; "
                         "stages recompute the top-100 table and the labels they need)")
     a = p.parse_args(argv)
     STORAGE[0] = a.storage
+    PROFILE[0] = a.profile
     if not os.path.exists("/proc/self/clear_refs"):
         sys.exit("scale.py measures peak RSS through Linux's /proc/self/clear_refs")
     out = a.out or ROOT / "runs" / f"scale-{a.scale:g}"
@@ -315,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
             frames = []
             for name in a.stages:  # one child at a time
                 cmd = [sys.executable, __file__, "--scale", str(a.scale), "--out", str(out), "--stages", name, "--keep",
-                       "--storage", a.storage]
+                       "--storage", a.storage] + (["--profile"] if a.profile else [])
                 if a.max_rss_gb is not None:
                     cmd += ["--max-rss-gb", str(a.max_rss_gb)]
                 subprocess.run(cmd, check=True)
@@ -328,10 +351,12 @@ def main(argv: list[str] | None = None) -> None:
             for name in ("train", "val", "labeler"):
                 shutil.rmtree(out / name, ignore_errors=True)
     frame.to_csv(out / "stages.csv", index=False)
-    print("\n| stage | N | seconds | peak anonymous RSS (GB) | peak RSS incl. mapped files (GB) | written (MB) |\n"
-          "|---|---|---|---|---|---|")
-    for r in frame.itertuples(index=False):
-        print(f"| {r.stage} | {r.N} | {r.seconds} | {r.peak_anon_gb} | {r.peak_rss_gb} | {r.written_mb} |")
+    gemm = "gemm_share" in frame.columns
+    print("\n| stage | N | seconds | peak anonymous RSS (GB) | peak RSS incl. mapped files (GB) | written (MB) |"
+          + (" time in GEMMs |" if gemm else "") + "\n|---|---|---|---|---|---|" + ("---|" if gemm else ""))
+    for r in frame.to_dict(orient="records"):
+        print(f"| {r['stage']} | {r['N']} | {r['seconds']} | {r['peak_anon_gb']} | {r['peak_rss_gb']} | {r['written_mb']} |"
+              + (f" {r['gemm_share']:.0%} |" if gemm else ""))
 
 
 if __name__ == "__main__":

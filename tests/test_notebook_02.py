@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from _notebooks import LABELER_WEIGHTS, require_weights, run_notebook
+from _notebooks import LABELER_WEIGHTS, object_labels_against_the_pool, require_weights, run_notebook
 
 
 @pytest.mark.slow
@@ -63,23 +63,16 @@ def test_notebook_02_runs_and_its_files_match_a_recomputation(tmp_path, feature_
     # says which object a label names, top_samples.csv which images a latent's top-20 are,
     # the rebuilt pool what those images show. No latent may be called "X boat" while most of
     # its top images show something else (the old labeler's "red boat" on trees on water).
-    vocab_csv = pd.read_csv(out / "vocabulary.csv")
-    named_object = {}
-    for lab_, attr, value in zip(vocab_csv["label"], vocab_csv["attribute"], vocab_csv["value"].astype(str)):
-        parts = dict(zip(str(attr).split("+"), value.split("+")))
-        if "object" in parts:
-            named_object[lab_] = parts["object"]
-        elif attr == "sprite":
-            named_object[lab_] = value.split("_")[0]
-    objects_by_id = dict(zip(pool.attributes["sample_id"], pool.attributes["object"]))
-    by_hand = []
-    for j, label, align in zip(latents["latent"], latents["label"], latents["alignment"]):
-        if label not in named_object or not align > 0:  # a label that beats the empty prompt (Eq. 2)
-            continue
-        ids = tops[(tops["latent"] == j) & (tops["rank"] < 20)]["sample_id"]
-        share = float(np.mean([objects_by_id[i] == named_object[label] for i in ids]))
-        if share < 0.5:
-            by_hand.append(int(j))
+    by_hand = [r["latent"] for r in object_labels_against_the_pool(out)
+               if r["alignment"] > 0 and r["share"] < 0.5]  # a label that beats the empty prompt (Eq. 2)
     assert sorted(r["latent"] for r in gt["misnamed_objects"]) == sorted(by_hand)
     boats = [r for r in gt["misnamed_objects"] if r["object"] == "boat"]
     assert boats == [], boats
+    # The label guard: every guarded label describes at least half of the top images (by the
+    # labeler), and where it set Eq. 2's argmax aside, that argmax was an object label.
+    guarded = latents[latents["support"].notna()]
+    assert (guarded["support"] >= 0.5).all()
+    swapped = latents[latents["label"] != latents["eq2_label"]]
+    vocab_csv = pd.read_csv(out / "vocabulary.csv")
+    objectish = set(vocab_csv[vocab_csv["attribute"].isin(["object", "sprite", "colour+object"])]["label"])
+    assert set(swapped["eq2_label"]) <= objectish

@@ -45,6 +45,12 @@ def test_the_memory_bound_fails_a_stage_that_holds_a_dense_n_by_d_sae_matrix(tmp
     assert ok.returncode == 0, ok.stderr[-2000:]
     frame = pd.read_csv(tmp_path / "stages.csv")
     assert list(frame["stage"]) == ["generate", "train", "metrics"] and (frame["peak_anon_gb"] > 0).all()
+    # --profile: the training stage is mostly matrix products (encoder and decoder, forward and back)
+    prof = _run(tmp_path, "--stages", "train", "--profile", "--keep")
+    assert prof.returncode == 0, prof.stderr[-2000:]
+    share = float(pd.read_csv(tmp_path / "stages.csv")["gemm_share"].iloc[0])
+    assert 0.05 < share <= 1.0, share
+    assert "time in GEMMs" in prof.stdout
     dense = _run(tmp_path, "--stages", "metrics", code=DENSE)
     assert dense.returncode != 0 and "stage metrics: peak RSS" in dense.stderr + dense.stdout, dense.stderr[-2000:]
 

@@ -180,6 +180,15 @@ def test_sandbox_fast_preset_executes_every_notebook_into_one_run(tmp_path, feat
         assert (out / nb.with_suffix(".html").name).is_file()
     index = (out / "index.html").read_text()
     assert "atlas/index.html" in index and (out / "atlas" / "index.html").is_file()
+    # The demo's labels (issue 28), recomputed from notebook 02's files: no label naming a boat
+    # ("boat", "red boat") on a latent whose top-20 images are mostly not boats, unless the atlas
+    # marks it weak (Eq. 2 score <= 0: it fits no better than the empty prompt).
+    from _notebooks import object_labels_against_the_pool
+
+    labels = object_labels_against_the_pool(out / "02_labeling")
+    assert labels, "the demo labels some latents with objects"
+    boats = [r for r in labels if r["object"] == "boat" and r["share"] < 0.5 and r["alignment"] > 0]
+    assert boats == [], boats
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ The flow, one module per concern::
                              templates=("{}", "a photo of {}"))      # vocabulary.py: T and t_empty
     table = label_latents(top, x_bar, vocab, labeler_embeddings=emb,
                           expected_labels=labels_naming(vocab, "object"))   # table.py: Eq. 2 label, clarity, ...
+    label_support(top, emb, vocab, latents)                         # support.py: does a label fit most top images?
     hidden = hidden_concepts(table, tau_act=3.0, tau_align=0.0)    # table.py: Eq. 7 / App. C.2
     basis_diversity(features, sae, emb, vocab, top_samples=top)     # diversity.py: Sec. 5.2
     interpretability_vs_activation(table)                           # diversity.py: App. C.1, Fig. 9
@@ -29,6 +30,7 @@ from .ground_truth import (GT_ATTRIBUTES, LabelScores, attribute_values, hidden_
                            labels_naming, misnamed_objects, pure_attributes, purity, score_labels)
 from .labeler import component_embeddings, iter_top_embeddings, labeler_embeddings
 from .quality import clarity, clarity_of, polysemanticity, polysemanticity_of
+from .support import GUARDED_ATTRIBUTES, label_support
 from .table import TABLE_COLUMNS, hidden_concepts, label_latents, latent_relevance
 from .top import TopSamples, merge, top_activating
 from .vocabulary import (PAPER_TEMPLATES, Vocabulary, encode_vocabulary, imagenet1k_names, imagenet21k_names,
@@ -41,7 +43,7 @@ __all__ = [
     "PAPER_TEMPLATES",
     "Alignment", "align", "align_chunk", "alignment_scores", "expected_alignment", "label_names",
     "clarity", "polysemanticity", "clarity_of", "polysemanticity_of",
-    "label_latents", "hidden_concepts", "latent_relevance", "TABLE_COLUMNS",
+    "label_latents", "GUARDED_ATTRIBUTES", "label_support", "hidden_concepts", "latent_relevance", "TABLE_COLUMNS",
     "Diversity", "basis_diversity", "interpretability_vs_activation", "plot_interpretability_vs_activation",
     "GT_ATTRIBUTES", "LabelScores", "attribute_values", "purity", "pure_attributes", "score_labels",
     "hidden_purity", "labeler_zero_shot", "labels_naming", "misnamed_objects",
