@@ -83,7 +83,7 @@ def score_latent(clip, sae, pool, rec: dict, steps: int) -> list[dict]:
 
 def run_seed(seed: int, n_pool: int, cache: Path, steps: int) -> pd.DataFrame:
     clip = ca.load_clip("sandbox")
-    sae = detective_sae(clip, cache, seed=seed)
+    sae = detective_sae(clip, cache, n_train=8000, seed=seed)  # the SAE the recorded results used
     pool = make_dataset(n_pool, "test", 90_000 + seed, recipe=ObjectRecipe.independent())
     x = ca.extract(clip, pool, cache, progress=False).read()
     acts = _dense(sae, x)
