@@ -136,3 +136,14 @@ def test_guarded_values_refuses_an_attribute_it_cannot_classify():
     vocab = Vocabulary(frame, F.normalize(torch.randn(3, 4), dim=1), F.normalize(torch.randn(4), dim=0))
     with pytest.raises(ValueError, match="red b"):
         guarded_values(vocab)  # names object b, which no object label names
+
+
+def test_support_counts_only_the_images_a_latent_has():
+    # latent 1 with only 10 of its 20 slots filled (padding -1): all ten show a, so support is 1, not 10/20
+    top, E, vocab, _ = _world()
+    rows = top.rows.clone()
+    rows[1, 10:] = -1
+    vals = torch.where(rows >= 0, top.values, torch.tensor(float("nan")))
+    padded = TopSamples(vals, rows, torch.tensor([20, 10, 20]), torch.nan_to_num(vals).double().sum(1), top.n_rows)
+    sup = label_support(padded, E, vocab, [1])[0]
+    assert float(sup[vocab.labels.index("a")]) == 1.0

@@ -132,13 +132,20 @@ def label_support(top: Any, labeler_embeddings: Any, vocabulary: Vocabulary, lat
     out = torch.full((len(ids), len(vocabulary)), float("nan"))
     pos = 0
     for lat, E, mask in iter_top_embeddings(top, labeler_embeddings, n_used, latents=ids, progress=progress):
-        block = torch.full((len(lat), len(vocabulary)), float("inf"))
-        for a in gv.values:
-            shares = value_shares(E, mask, t, gv.reference[a], gv.reference_value[a], len(gv.values[a]))
-            lv = gv.label_value[a]
-            named = torch.as_tensor(np.flatnonzero(lv >= 0))
-            # a label naming values of several guarded attributes is as supported as its weakest
-            block[:, named] = torch.minimum(block[:, named], shares[:, torch.as_tensor(lv[lv >= 0])])
+        block = block_support(E, mask, t, gv)
         out[pos:pos + len(lat)] = torch.where(torch.isinf(block), torch.tensor(float("nan")), block)
         pos += len(lat)
     return out
+
+
+def block_support(E: torch.Tensor, mask: torch.Tensor, label_emb: torch.Tensor, gv: GuardedValues) -> torch.Tensor:
+    """(B, L) support_j(t) of every label for a block of latents (E (B, m, d), mask (B, m));
+    +inf for labels that name no guarded attribute (so they never fall below a bar)."""
+    block = torch.full((len(E), label_emb.shape[0]), float("inf"))
+    for a in gv.values:
+        shares = value_shares(E, mask, label_emb, gv.reference[a], gv.reference_value[a], len(gv.values[a]))
+        lv = gv.label_value[a]
+        named = torch.as_tensor(np.flatnonzero(lv >= 0))
+        # a label naming values of several guarded attributes is as supported as its weakest
+        block[:, named] = torch.minimum(block[:, named], shares[:, torch.as_tensor(lv[lv >= 0])])
+    return block

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .align import DEFAULT_ALIGN_BYTES, align, expected_alignment
 from .labeler import component_embeddings, iter_top_embeddings
 from .quality import clarity_of, polysemanticity_of
-from .support import GUARDED_ATTRIBUTES, guarded_values, value_shares
+from .support import GUARDED_ATTRIBUTES, block_support, guarded_values
 from .top import TopSamples
 from .vocabulary import Vocabulary
 
@@ -122,8 +122,7 @@ def _guard(top: TopSamples, emb: torch.Tensor, al: Any, vocabulary: Vocabulary, 
     if not 0.0 < min_support <= 1.0:
         raise ValueError(f"label_latents: min_support must be in (0, 1], got {min_support}")
     gv = guarded_values(vocabulary, guard)
-    guarded = gv.guarded
-    if not guarded.any():
+    if not gv.guarded.any():
         return ti, ts, np.full(len(keep), np.nan)
     if labeler_embeddings is None:
         raise ValueError(f"label_latents: guard={guard} checks labels against the top images' labeler embeddings; "
@@ -134,12 +133,7 @@ def _guard(top: TopSamples, emb: torch.Tensor, al: Any, vocabulary: Vocabulary, 
     pos = 0
     for _, E, mask in iter_top_embeddings(top, labeler_embeddings, n_used, latents=keep, progress=progress):
         B = len(E)
-        support = torch.full((B, len(vocabulary)), float("inf"))
-        for a in gv.values:
-            shares = value_shares(E, mask, t, gv.reference[a], gv.reference_value[a], len(gv.values[a]))
-            lv = gv.label_value[a]
-            named = torch.as_tensor(np.flatnonzero(lv >= 0))
-            support[:, named] = torch.minimum(support[:, named], shares[:, torch.as_tensor(lv[lv >= 0])])
+        support = block_support(E, mask, t, gv)
         blocked = support < min_support  # inf (unguarded) never blocks
         rows = slice(pos, pos + B)
         listed = torch.as_tensor(ti[rows])
