@@ -26,6 +26,7 @@ import clipattr_utils as ca
 from clipattr_utils import spatial
 from clipattr_utils.challenge import detective_sae
 from clipattr_utils.challenge.detective import _dense
+from clipattr_utils.sandbox import render
 from clipattr_utils.sandbox.world import ObjectRecipe, make_dataset
 
 KINDS = {
@@ -61,8 +62,11 @@ def pure_latents(acts: torch.Tensor, attrs: pd.DataFrame, n_top: int = 20, purit
     return out
 
 
-def score_latent(clip, sae, pool, rec: dict, steps: int) -> list[dict]:
-    images = [pool.load_image(int(i)) for i in rec["rows"]]
+def score_latent(clip, sae, pool, rec: dict, steps: int, images: list | None = None) -> list[dict]:
+    """Every method's map of ``rec``'s latent on its rows (or on ``images``, edits of those rows
+    that keep the masks), scored against the mask ``rec["mask"]``."""
+    if images is None:
+        images = [pool.load_image(int(i)) for i in rec["rows"]]
     masks = np.stack([pool.masks(int(i))[rec["mask"]] for i in rec["rows"]])
     rows = []
     for method in METHODS:
@@ -115,8 +119,38 @@ def lesion_rows(run_dir: Path, cache: Path) -> list[dict]:
     rec = {"kind": "red latent (lesion)", "mask": "lesion", "latent": latent, "value": "lesion",
            "purity": float((pool.attributes["tint"].to_numpy()[top] > 0).mean()), "rows": top}
     rows = score_latent(clip, sae, pool, rec, steps=16)
+    # The counterfactual the world cannot draw: the same images with the hue confined to the
+    # lesion (same strength), so "the tinted region" is the lesion alone.
+    plain = pool.replace(tint=0.0)
+    strengths = pool.attributes["tint"].to_numpy()
+    local = [render.lesion_red_hue(plain.load_image(int(i)), float(strengths[i]), where=plain.masks(int(i))["lesion"])
+             for i in top]
+    rows += score_latent(clip, sae, pool, dict(rec, kind="red latent, hue on the lesion only"), steps=16,
+                         images=local)
+    # Where the hue itself moves the latent: integrated gradients from each image without the hue
+    # (the same render, tint 0) to the image as the world drew it. The maps sum to the latent's
+    # change under the hue, and the hue changes every pixel's red, skin included.
+    originals = [pool.load_image(int(i)) for i in top]
+    plains = [plain.load_image(int(i)) for i in top]
+    masks = np.stack([pool.masks(int(i))["lesion"] for i in top])
+    start = time.perf_counter()
+    heat = spatial.latent_heatmap(clip, sae, originals, latent, "integrated_gradients", steps=16,
+                                  baseline=plains).heat
+    seconds = time.perf_counter() - start
+    cov = spatial.patch_coverage(masks, tuple(heat.shape[1:]))
+    rows.append({"kind": "red latent, the hue's own heat", "latent": latent, "value": "lesion", "purity": rec["purity"],
+                 "method": "integrated_gradients from the hue-free image",
+                 "energy_share": float(np.nanmean(spatial.energy_share(heat, cov).numpy())),
+                 "random_share": float(spatial.random_share(cov).mean()),
+                 "pointing": float(spatial.pointing_hits(heat, cov).double().mean()), "seconds": seconds})
+    with torch.no_grad():
+        def act(images):
+            tokens = spatial.forward_tokens(clip, spatial.pixels(clip, images)).class_token
+            return float(_dense(sae, tokens)[:, latent].mean())
+        acts_by = {"whole image": act(originals), "lesion only": act(local), "none": act(plains)}
     for r in rows:
         r["run"] = str(run_dir)
+        r.update({f"act_hue_{k.replace(' ', '_')}": v for k, v in acts_by.items()})
     return rows
 
 
@@ -129,6 +163,25 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def timing(seed: int, n_pool: int, cache: Path, steps: int, reps: int) -> pd.DataFrame:
+    """Seconds for one latent's maps on its 20 top images, per method: the first pure latent of
+    each kind, each method ``reps`` times in turn (so a burst of other work hits every method
+    alike); run it on an otherwise idle machine."""
+    clip = ca.load_clip("sandbox")
+    sae = detective_sae(clip, cache, n_train=8000, seed=seed)
+    pool = make_dataset(n_pool, "test", 90_000 + seed, recipe=ObjectRecipe.independent())
+    acts = _dense(sae, ca.extract(clip, pool, cache, progress=False).read())
+    first = {}
+    for rec in pure_latents(acts, pool.attributes):
+        first.setdefault(rec["kind"], rec)
+    rows = []
+    for rec in first.values():
+        for _ in range(reps):
+            rows += score_latent(clip, sae, pool, rec, steps)
+    frame = pd.DataFrame(rows)
+    return frame.groupby("method")["seconds"].agg(["median", "min", "max", "count"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
@@ -138,11 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the per-latent rows as CSV")
     p.add_argument("--lesion-runs", type=Path, nargs="*", default=[],
                    help="notebook-05 output folders whose red latent is also mapped (sandbox lesion world)")
+    p.add_argument("--timing", type=int, default=0, metavar="REPS",
+                   help="only time the methods: the first seed's first pure latent of each kind, REPS times")
     args = p.parse_args(argv)
+    if args.timing:
+        print(f"torch threads {torch.get_num_threads()}")
+        print(timing(args.seeds[0], args.n_pool, args.cache_dir, args.steps, args.timing).round(2).to_string())
+        return 0
     frames = [run_seed(s, args.n_pool, args.cache_dir, args.steps) for s in args.seeds]
     for i, run in enumerate(args.lesion_runs):
         frame = pd.DataFrame(lesion_rows(run, args.cache_dir))
         frame.insert(0, "seed", f"05:{run.name if run.name != '05_melanoma_case' else run.parent.name}")
+        acts = frame.filter(like="act_hue_").iloc[0].round(3).to_dict()
+        print(f"{run}: red latent {frame['latent'].iloc[0]}, mean activation on its top-20 by hue: {acts}")
         frames.append(frame)
     if not frames:
         raise SystemExit("nothing to measure: give --seeds or --lesion-runs")

@@ -349,6 +349,25 @@ def test_lesion_red_hue_is_eq32_red_scaling():
         assert np.array_equal(b[..., 0], np.round(np.clip(a[..., 0] / 255 * 1.8, 0, 1) * 255).astype(int))
 
 
+def test_lesion_red_hue_confined_to_a_mask():
+    """``where`` scales each pixel's red by 1 + 2 s w (hand-computed); all ones is the world's
+    global hue, all zeros changes nothing; a wrong shape or a weight outside [0, 1] is refused."""
+    px = np.array([[[100, 20, 30], [200, 7, 9], [60, 255, 128]]], dtype=np.uint8)
+    where = np.array([[1.0, 0.0, 0.5]])
+    out = np.asarray(render.lesion_red_hue(Image.fromarray(px), 0.25, where=where))
+    # x1.5 -> 150; x1 -> 200; x1.25 -> 75
+    assert out[0, :, 0].tolist() == [150, 200, 75] and np.array_equal(out[..., 1:], px[..., 1:])
+    img = sb.make_lesion_dataset(1, seed=5, tint=0.0).load_image(0)
+    full = np.ones(img.size[::-1])
+    assert np.array_equal(np.asarray(render.lesion_red_hue(img, 0.4, where=full)),
+                          np.asarray(render.lesion_red_hue(img, 0.4)))
+    assert np.array_equal(np.asarray(render.lesion_red_hue(img, 0.4, where=0 * full)), np.asarray(img))
+    with pytest.raises(ValueError, match=r"where must be an \(H, W\)"):
+        render.lesion_red_hue(img, 0.4, where=np.ones((3, 3)))
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        render.lesion_red_hue(img, 0.4, where=2 * full)
+
+
 def test_fire_trucks_never_wear_fire_colours(train_table):
     t = train_table
     trucks = t[t["object"] == world.COMPOUND_CLASS]

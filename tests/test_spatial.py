@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from _notebooks import SANDBOX_WEIGHTS, require_weights
 from clipattr_utils import spatial
@@ -160,6 +161,37 @@ def test_integrated_gradients_are_complete(model):
     assert float(err[128].sum()) < 2e-3 * float(expected.abs().sum()), (err, expected)
     assert float(err[128].sum()) < 0.1 * float(err[16].sum()), err
     torch.testing.assert_close(maps.value.double(), _f(model, latent), rtol=1e-5, atol=1e-5)
+
+
+def _f_images(model, latent, images):
+    clip, sae = model["clip"], model["sae"]
+    with torch.no_grad():
+        x = spatial.forward_tokens(clip, spatial.pixels(clip, images)).class_token.double()
+    return (x - sae.b_dec.double()) @ sae.W_enc[:, latent].double() + sae.b_enc[latent].double()
+
+
+def test_integrated_gradients_from_a_baseline_image(model):
+    """From baseline images the maps sum to f(image) - f(baseline) (the path's two ends computed
+    by plain forward passes), and are exactly zero on patches whose pixels the baseline keeps."""
+    latent = int(model["sae"].encode(model["x"]).indices[0, 0])
+    images = model["images"]
+    edited = []
+    for im in images:            # brighten the top-left 16 x 16 pixels: patches (0, 0), (0, 1), (1, 0), (1, 1)
+        arr = np.asarray(im.convert("RGB")).copy()
+        arr[:16, :16] = np.clip(arr[:16, :16].astype(int) + 90, 0, 255)
+        edited.append(Image.fromarray(arr))
+    expected = _f_images(model, latent, edited) - _f_images(model, latent, images)
+    maps = spatial.latent_heatmap(model["clip"], model["sae"], edited, latent, "integrated_gradients", steps=64,
+                                  baseline=images)
+    torch.testing.assert_close(maps.heat.sum((1, 2)).double(), expected, rtol=2e-2, atol=2e-3)
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[:2, :2] = False
+    assert float(maps.heat[:, outside].abs().max()) == 0.0
+    assert float(maps.heat[:, :2, :2].abs().sum()) > 0
+    with pytest.raises(ValueError, match="takes none"):
+        spatial.latent_heatmap(model["clip"], model["sae"], edited, latent, "grad_x_input", baseline=images)
+    with pytest.raises(ValueError, match="one image per image"):
+        spatial.latent_heatmap(model["clip"], model["sae"], edited, latent, baseline=images[:3])
 
 
 def test_plain_gradient_is_the_pooled_pixel_gradient(model):

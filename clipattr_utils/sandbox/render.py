@@ -359,15 +359,30 @@ def scale_red(pixels: np.ndarray, factor: float) -> np.ndarray:
     return out
 
 
-def lesion_red_hue(img: Image.Image, strength: float) -> Image.Image:
+def lesion_red_hue(img: Image.Image, strength: float, where: np.ndarray | None = None) -> Image.Image:
     """The lesion world's planted red hue: the red channel times ``1 + 2 * strength`` (Eq. 32
     with delta = -2 * strength; the world's strengths 0.25-0.45 give x1.5-x1.9, the paper's
     "more red" test condition is x2). Planted as the same operation the paper tests with, so
     Eq. 33's latent direction and Eq. 32's image edit move the class token the same way (a
-    blend towards pink, renderer version 1, moved it at cosine 0.56 to Eq. 32's shift)."""
+    blend towards pink, renderer version 1, moved it at cosine 0.56 to Eq. 32's shift).
+
+    ``where`` (an (H, W) weight in [0, 1], e.g. a `render_lesion` mask) confines the hue: each
+    pixel's red is scaled by ``1 + 2 * strength * where``. The world itself always tints the whole
+    image; a local hue is a counterfactual, for asking where a latent reads the hue."""
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"lesion_red_hue: strength must be in [0, 1], got {strength}")
-    return Image.fromarray(scale_red(np.asarray(img.convert("RGB")), 1.0 + 2.0 * float(strength)))
+    pixels = np.asarray(img.convert("RGB"))
+    if where is None:
+        return Image.fromarray(scale_red(pixels, 1.0 + 2.0 * float(strength)))
+    where = np.asarray(where, dtype=np.float64)
+    if where.shape != pixels.shape[:2] or not np.all((where >= 0) & (where <= 1)):
+        raise ValueError(f"lesion_red_hue: where must be an (H, W) = {pixels.shape[:2]} weight in [0, 1], "
+                         f"got shape {where.shape}")
+    out = pixels.copy()
+    factor = 1.0 + 2.0 * float(strength) * where
+    out[..., 0] = np.round(np.clip(pixels[..., 0].astype(np.float64) / 255.0 * factor, 0.0, 1.0)
+                           * 255.0).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def _finish(big: Image.Image, size: int) -> Image.Image:

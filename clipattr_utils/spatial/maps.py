@@ -11,7 +11,10 @@ Two kinds of map per (latent, image), both on the tower's patch grid:
 
   - ``"grad_x_input"``: e_p . df/de_p, summed over channels (one backward pass);
   - ``"integrated_gradients"``: e_p . mean over alpha of df/de_p at alpha * e (zero baseline,
-    ``steps`` midpoints); its maps sum to f(e) - f(0) up to the quadrature (completeness);
+    ``steps`` midpoints); its maps sum to f(e) - f(0) up to the quadrature (completeness).
+    With ``baseline`` images b (the same images without one element, e.g. without the red
+    hue), the path runs from b's patch embeddings e_b to e and the maps, (e_p - e_b,p) . mean
+    df/de_p, sum to f(e) - f(e_b): where that element's pixels change the latent;
   - ``"gradient"``: |df/dpixels| summed over channels and pooled over each patch's pixels,
     the plain-gradient baseline.
 
@@ -74,23 +77,35 @@ def output_gradient(sae: Any, head: Any, x: torch.Tensor, latent: int, target: A
 
 def latent_heatmap(clip: Any, sae: Any, images: Sequence[Image.Image] | torch.Tensor, latent: int,
                    method: str = "integrated_gradients", *, target: Any = None, output: int | None = None,
-                   layer: int = -1, steps: int = 16, batch_size: int = 256) -> LatentMaps:
+                   layer: int = -1, steps: int = 16, batch_size: int = 256,
+                   baseline: Sequence[Image.Image] | torch.Tensor | None = None) -> LatentMaps:
     """Input heatmaps of ``latent`` on ``images`` (PIL images or a preprocessed batch).
 
     Without ``target``, the maps explain the latent's activation; with ``target`` (text
     embeddings or a `Readout`) and ``output`` (its row), they explain its relevance for that
     output, R_j = a_j * dy/da_j: the activation maps times dy/da_j per image (the gradient of
-    y with respect to a_j does not depend on the pixels' path to a_j)."""
+    y with respect to a_j does not depend on the pixels' path to a_j).
+
+    ``baseline`` (integrated gradients only): one reference image per image, the path's start
+    instead of the zero patch embedding."""
     if method not in METHODS:
         raise ValueError(f"latent_heatmap: unknown method {method!r}; choose from {list(METHODS)}")
+    if baseline is not None and method != "integrated_gradients":
+        raise ValueError(f"latent_heatmap: a baseline is a start of the integrated-gradients path; "
+                         f"method {method!r} takes none")
     if (target is None) != (output is None):
         raise ValueError("latent_heatmap: give both target and output (the relevance of one output), or neither")
     batch = pixels(clip, images)
+    base = None if baseline is None else pixels(clip, baseline)
+    if base is not None and base.shape != batch.shape:
+        raise ValueError(f"latent_heatmap: baseline must be one image per image, got {tuple(base.shape)} "
+                         f"for images {tuple(batch.shape)}")
     # ``batch_size`` counts forward rows: integrated gradients runs ``steps`` rows per image.
     per = max(1, int(batch_size) // int(steps)) if method == "integrated_gradients" else int(batch_size)
     heats, values, tokens = [], [], []
     for s in range(0, batch.shape[0], per):
-        h, v, x = _heat(clip, sae, batch[s:s + per], int(latent), method, layer, int(steps))
+        h, v, x = _heat(clip, sae, batch[s:s + per], int(latent), method, layer, int(steps),
+                        None if base is None else base[s:s + per])
         heats.append(h)
         values.append(v)
         tokens.append(x)
@@ -102,8 +117,8 @@ def latent_heatmap(clip: Any, sae: Any, images: Sequence[Image.Image] | torch.Te
     return LatentMaps(heat, value, method)
 
 
-def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, layer: int, steps: int
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, layer: int, steps: int,
+          base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(maps, the latent's pre-activation, the class tokens) of one batch."""
     with torch.enable_grad():
         if method == "gradient":
@@ -127,20 +142,24 @@ def _heat(clip: Any, sae: Any, batch: torch.Tensor, latent: int, method: str, la
             (g,) = torch.autograd.grad(f.sum(), leaves["e"])
             heat = (g * leaves["e"]).sum(-1)
             return heat.detach().cpu().reshape(-1, *tok.grid), f.detach(), tok.class_token.detach()
-        # Integrated gradients from the zero patch embedding (positional and class embeddings
-        # kept): midpoints alpha = (i + 0.5) / steps, every alpha of an image in one batch.
+        # Integrated gradients from the zero patch embedding or a baseline image's (positional
+        # and class embeddings kept): midpoints alpha = (i + 0.5) / steps, every alpha of an
+        # image in one batch.
         n = batch.shape[0]
         with torch.no_grad():
             ref = forward_tokens(clip, batch, layer)
+            e_base = (torch.zeros_like(ref.patch_embeddings) if base is None
+                      else forward_tokens(clip, base, layer).patch_embeddings)
         e_full = ref.patch_embeddings.detach()
+        delta = e_full - e_base
         alphas = (torch.arange(steps, dtype=e_full.dtype, device=e_full.device) + 0.5) / steps
-        leaf = (alphas[:, None, None, None] * e_full[None]).reshape(steps * n, *e_full.shape[1:])
+        leaf = (e_base[None] + alphas[:, None, None, None] * delta[None]).reshape(steps * n, *e_full.shape[1:])
         leaf = leaf.detach().requires_grad_(True)
         tok = forward_tokens(clip, batch.repeat(steps, 1, 1, 1), layer, edit=lambda e: leaf)
         f = _pre_activation(sae, tok.class_token, latent)
         (g,) = torch.autograd.grad(f.sum(), leaf)
         mean_grad = g.reshape(steps, n, *e_full.shape[1:]).mean(0)
-        heat = (mean_grad * e_full).sum(-1)
+        heat = (mean_grad * delta).sum(-1)
         return (heat.detach().cpu().reshape(-1, *ref.grid), _pre_activation(sae, ref.class_token, latent).detach(),
                 ref.class_token.detach())
 
