@@ -45,21 +45,23 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", required=True)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     a = p.parse_args(argv)
+    variants = {name: VARIANTS[name] for name in a.variants}
     cache = ca.storage.resolve_cache_dir(a.cache_dir)
     clip = ca.load_clip("sandbox")
     saes = {}
-    for name, (d_sae, n_train) in VARIANTS.items():
+    for name, (d_sae, n_train) in variants.items():
         # the images and seed detective_sae uses, so "1536x24000" is the detective's own SAE
         feats = ca.extract(clip, make_dataset(n_train, "train", 50_000, recipe=ObjectRecipe.independent()), cache,
                            progress=False)
         saes[name] = train(feats, TrainConfig.sandbox(seed=0, d_sae=d_sae, device="cpu"), progress=False).sae.eval()
-    print("| seed | hidden value | " + " | ".join(VARIANTS) + " |\n|---|---|" + "---|" * len(VARIANTS))
+    print("| seed | hidden value | " + " | ".join(variants) + " |\n|---|---|" + "---|" * len(variants))
     for seed in a.seeds:
         c = game.make(seed, clip=clip, cache_dir=cache)
         answer = game.reveal(c)
         if answer is None:
-            print(f"| {seed} | control | " + " | ".join("–" for _ in VARIANTS) + " |")
+            print(f"| {seed} | control | " + " | ".join("–" for _ in variants) + " |")
             continue
         x = ca.extract(clip, c.test._images, cache, progress=False).read()
         has = carries(c.test._images.attributes, answer.kind, answer.value)

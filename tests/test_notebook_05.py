@@ -37,7 +37,8 @@ def test_notebook_05_runs_with_tiny_parameters_from_the_repo_root(tmp_path):
     assert pool_kwargs["pool_tinted"] == {**pool_kwargs["pool"], "tint": 0.35}
     assert pool_kwargs["pool_untinted"] == {**pool_kwargs["pool"], "tint": 0.0}
     assert pool_kwargs["pool"]["recipe"] == {"tint_rate_nevus": 0.2, "tint_rate_melanoma": 0.05}
-    for png in ("accuracy.png", "alpha_sweep.png", "relevance.png", "red_latent_top.png", "latents_benign.png"):
+    for png in ("accuracy.png", "alpha_sweep.png", "relevance.png", "red_latent_top.png", "red_latent_hue_heat.png",
+                "latents_benign.png"):
         assert (out / png).stat().st_size > 5_000, png
     assert summary["seeds"] == [3, 4] and isinstance(summary["clean_cost"], float)
     assert 1 <= summary["red_latent_rank"] <= 3  # among the candidates (the default n_candidates)

@@ -71,13 +71,13 @@ HEADLINES = [
      ("| word sign (8 / 8) | 0.16 / 0.17 | 0.56 / 0.65, **3.6× / 3.9×**",
       "| flame (4 / 3) | 0.028 / 0.028 | 0.33 / 0.43, **11.9× / 15.0×**")),
     # hidden-shortcut challenge (issue 22): held-out and development tables
-    ("found 23 of 31 planted (74 %", RESULTS, "| **all planted** | 31 | **23** (74 %) | 8 |"),
-    ("class and value right in 29", RESULTS, "right class *and* the right attribute value in\n  29 of 31"),
-    ("controls passed 8 of 9", RESULTS, "| **controls** | 9 | **8** (89 %) | 1 |"),
-    ("development seeds 0–39: 30 of 35, 5 of 5", RESULTS,
-     ("| **all planted** | 35 | **30** (86 %) | 5 |", "| **controls** | 5 | **5** (100 %) | 0 |",
-      "Development seeds 0–39")),
-    ("held-out seeds 2000–2039", RESULTS, "Held-out seeds 2000–2039 (never used during development"),
+    ("found 25 of 30 planted (83 %", RESULTS, "| **all planted** | 30 | **25** (83 %) | 5 |"),
+    ("class and value right in 29", RESULTS, "Class and value** of the top suspect are right in 29 of 30"),
+    ("controls passed 10 of 10", RESULTS, "| **controls** | 10 | **10** (100 %) | 0 |"),
+    ("development seeds 0–39: 34 of 35, 5 of 5", RESULTS,
+     ("| **all planted** | 35 | **34** (97 %) | 1 |", "| **controls** | 5 | **5** (100 %) | 0 |",
+      "development seeds 0–39 with the 24,000-image SAE")),
+    ("held-out seeds 3000–3039", RESULTS, "Held-out seeds 3000–3039 (never used during development"),
 ]
 
 # Numbers that moved from README to a docs/ page: (page, snippet of the page, source, source snippet)

@@ -277,3 +277,13 @@ def test_overlays_show_the_heat_where_it_is_and_the_gallery_draws_them(model):
         model["clip"], model["sae"], [model["images"][0], model["images"][3]], latent, "grad_x_input").heat)
     with pytest.raises(ValueError, match="unknown method"):
         spatial.heat_source(model["clip"], model["sae"], model["pool"], "occlusion")
+    # a baseline set: each row's path starts at the same row of the baseline (rows out of order)
+    tinted = model["pool"].replace(tint=0.4)
+    src = spatial.heat_source(model["clip"], model["sae"], tinted, baseline_set=model["pool"], steps=8)
+    torch.testing.assert_close(src(latent, [5, 2]), spatial.latent_heatmap(
+        model["clip"], model["sae"], [tinted.load_image(5), tinted.load_image(2)], latent, steps=8,
+        baseline=[model["images"][5], model["images"][2]]).heat)
+    with pytest.raises(ValueError, match="share rows"):
+        spatial.heat_source(model["clip"], model["sae"], tinted, baseline_set=[model["images"][0]])
+    with pytest.raises(ValueError, match="needs method='integrated_gradients'"):
+        spatial.heat_source(model["clip"], model["sae"], tinted, "gradient", baseline_set=model["pool"])

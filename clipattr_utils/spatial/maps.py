@@ -204,18 +204,30 @@ def overlay(image: Image.Image | Any, heat: torch.Tensor | Any, alpha: float = 0
     return Image.fromarray(np.round(out * 255).astype(np.uint8))
 
 
-def heat_source(clip: Any, sae: Any, image_set: Any, method: str = "integrated_gradients", **options: Any):
+def heat_source(clip: Any, sae: Any, image_set: Any, method: str = "integrated_gradients",
+                baseline_set: Any = None, **options: Any):
     """A function ``(latent, rows) -> (len(rows), rows, columns)`` maps of ``method`` (a name
     of `METHODS` or "patch_activations") on ``image_set``'s images: what
-    `gallery.latent_grid(..., heat=)` draws over each image."""
+    `gallery.latent_grid(..., heat=)` draws over each image.
+
+    ``baseline_set`` (integrated gradients only): an image set with the same rows, each row's
+    image the path's start, e.g. the pool as ``image_set`` edited by Eq. 32's red hue and the pool
+    itself as the baseline: where adding red moves the latent."""
     if method not in METHODS and method != "patch_activations":
         raise ValueError(f"heat_source: unknown method {method!r}; choose from {list(METHODS) + ['patch_activations']}")
+    if baseline_set is not None:
+        if method != "integrated_gradients":
+            raise ValueError(f"heat_source: a baseline_set needs method='integrated_gradients', got {method!r}")
+        if len(baseline_set) != len(image_set):
+            raise ValueError(f"heat_source: baseline_set has {len(baseline_set)} images for image_set's "
+                             f"{len(image_set)}; they must share rows")
 
     def source(latent: int, rows: Sequence[int]) -> torch.Tensor:
         images = [image_set.load_image(int(i)) for i in rows]
         if method == "patch_activations":
             return patch_activations(clip, sae, images, [int(latent)], **options)[:, 0]
-        return latent_heatmap(clip, sae, images, int(latent), method, **options).heat
+        base = None if baseline_set is None else [baseline_set.load_image(int(i)) for i in rows]
+        return latent_heatmap(clip, sae, images, int(latent), method, baseline=base, **options).heat
 
     return source
 
