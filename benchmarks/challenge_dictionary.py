@@ -29,7 +29,7 @@ def best_purity(sae, x: torch.Tensor, has: np.ndarray, n: int = 20) -> tuple[flo
     dense = torch.zeros(x.shape[0], sae.d_sae).scatter_add_(1, enc.indices, enc.values.float())
     top = torch.topk(dense, n, dim=0)
     active = top.values > 0
-    hits = torch.as_tensor(has, dtype=torch.float32)[top.indices] * active
+    hits = torch.from_numpy(np.array(has, dtype=np.float32))[top.indices] * active  # a copy: `has` may be read-only
     purity = hits.sum(0) / active.sum(0).clamp_min(1)
     j = int(purity.argmax())
     return float(purity[j]), j
