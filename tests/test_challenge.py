@@ -279,6 +279,21 @@ def test_regrading_rows_equals_running_with_that_threshold():
         regrade(rows.drop(columns="top_z"), 7.0)
 
 
+def test_the_benchmark_refuses_to_mix_rows_of_another_setting(tmp_path, capsys):
+    """Rows written with one ``n_bootstrap`` are not extended with another (that would be one
+    table of two detectives); rows without the column ran with the default. With every seed
+    done, the same setting only grades (no model loaded)."""
+    from clipattr_utils.challenge.__main__ import main
+
+    out = tmp_path / "rows.csv"
+    pd.DataFrame({"seed": [0], "control": [True], "kind": [None], "correct": [True], "seconds": [1.0],
+                  "top_z": [3.0], "top_right": [False]}).to_csv(out, index=False)
+    with pytest.raises(SystemExit, match=r"n_bootstrap \[16\], not 32: give another --out"):
+        main(["--seeds", "0", "--out", str(out), "--n-bootstrap", "32"])
+    assert main(["--seeds", "0", "--out", str(out)]) == 0
+    assert "1 challenges" in capsys.readouterr().out
+
+
 def test_the_ablation_share_estimates_how_pure_a_latent_is(world):
     """`ablation_shares` reads no attribute table, only what taking a value away does to each
     latent's top images; against the planted truth it must track the share of those images

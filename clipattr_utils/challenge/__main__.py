@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import detective_sae, investigate, make, score
+from .detective import DetectiveConfig
 from .game import describe, reveal
 
 
@@ -91,13 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-z", type=float, default=None,
                    help="grade the rows with this confirmation threshold instead of the one they ran with "
                         "(DetectiveConfig.min_z; see regrade)")
+    p.add_argument("--n-bootstrap", type=int, default=None,
+                   help="bootstrap refits of the reference probe (DetectiveConfig.n_bootstrap; default its default)")
     args = p.parse_args(argv)
+    config = DetectiveConfig() if args.n_bootstrap is None else DetectiveConfig(n_bootstrap=args.n_bootstrap)
     seeds = parse_seeds(args.seeds)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / f"challenge-{args.seeds.replace(',', '_')}.csv"
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
     rows = [r for r in done.to_dict("records")] if len(done) else []
+    # rows of another setting would make one table of two detectives: refuse, do not mix
+    ran_with = {int(r.get("n_bootstrap", DetectiveConfig.n_bootstrap)) for r in rows}
+    if ran_with - {config.n_bootstrap}:
+        raise SystemExit(f"{out} holds rows run with n_bootstrap {sorted(ran_with)}, not {config.n_bootstrap}: "
+                         "give another --out")
     have = {int(r["seed"]) for r in rows}
     todo = [seed for seed in seeds if seed not in have]
     if todo:   # (grading rows already written needs no model)
@@ -107,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in todo:
         start = time.perf_counter()
         c = make(seed, clip=clip, cache_dir=args.cache_dir)
-        result = investigate(c, sae, clip=clip, labeler=labeler, cache_dir=args.cache_dir)
+        result = investigate(c, sae, clip=clip, labeler=labeler, cache_dir=args.cache_dir, config=config)
         x = extract(clip, c.test, args.cache_dir, progress=False).read()
         graded = score(c, result, x, sae)
         graded.update(seconds=round(time.perf_counter() - start, 1), answer=describe(reveal(c)),
-                      test_accuracy=round(c.test_accuracy, 4))
+                      test_accuracy=round(c.test_accuracy, 4), n_bootstrap=config.n_bootstrap)
         rows.append(graded)
         print(f"{seed:5d} {'ok ' if graded['correct'] else 'MISS'} {graded['seconds']:5.1f} s  {result.verdict:40s}  "
               f"answer: {graded['answer']}", flush=True)
