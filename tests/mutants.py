@@ -155,7 +155,7 @@ MUTANTS: list[Mutant] = [
       "[baseline_set.load_image(int(i)) for i in rows]", "[baseline_set.load_image(k) for k in range(len(rows))]",
       (SPATIAL,)),
     M("lesion hue: where ignored", "clipattr_utils/sandbox/render.py",
-      "    factor = 1.0 + 2.0 * float(strength) * where\n", "    factor = 1.0 + 2.0 * float(strength)\n",
+      "scale_red(pixels, 1.0 + 2.0 * float(strength) * where)", "scale_red(pixels, 1.0 + 2.0 * float(strength))",
       ("tests/test_sandbox_world.py",)),
     M("heatmap: relevance without dy/da_j", "clipattr_utils/spatial/maps.py",
       "heat, value = heat * scale[:, None, None], value * scale", "heat, value = heat, value", (SPATIAL,)),

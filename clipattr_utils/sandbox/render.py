@@ -354,8 +354,9 @@ def scale_red(pixels: np.ndarray, factor: float) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"scale_red: expected uint8 (H, W, 3) pixels, got {arr.dtype} {arr.shape}")
     out = arr.copy()
-    out[..., 0] = np.round(np.clip(arr[..., 0].astype(np.float64) / 255.0 * float(factor), 0.0, 1.0)
-                           * 255.0).astype(np.uint8)
+    # factor: a number, or an (H, W) array for a per-pixel scale (`lesion_red_hue(where=)`)
+    out[..., 0] = np.round(np.clip(arr[..., 0].astype(np.float64) / 255.0 * np.asarray(factor, np.float64),
+                                   0.0, 1.0) * 255.0).astype(np.uint8)
     return out
 
 
@@ -378,11 +379,7 @@ def lesion_red_hue(img: Image.Image, strength: float, where: np.ndarray | None =
     if where.shape != pixels.shape[:2] or not np.all((where >= 0) & (where <= 1)):
         raise ValueError(f"lesion_red_hue: where must be an (H, W) = {pixels.shape[:2]} weight in [0, 1], "
                          f"got shape {where.shape}")
-    out = pixels.copy()
-    factor = 1.0 + 2.0 * float(strength) * where
-    out[..., 0] = np.round(np.clip(pixels[..., 0].astype(np.float64) / 255.0 * factor, 0.0, 1.0)
-                           * 255.0).astype(np.uint8)
-    return Image.fromarray(out)
+    return Image.fromarray(scale_red(pixels, 1.0 + 2.0 * float(strength) * where))
 
 
 def _finish(big: Image.Image, size: int) -> Image.Image:
