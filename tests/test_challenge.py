@@ -281,8 +281,8 @@ def test_regrading_rows_equals_running_with_that_threshold():
 
 def test_the_benchmark_refuses_to_mix_rows_of_another_setting(tmp_path, capsys):
     """Rows written with one ``n_bootstrap`` are not extended with another (that would be one
-    table of two detectives); rows without the column ran with the default. With every seed
-    done, the same setting only grades (no model loaded)."""
+    table of two detectives); rows without the column ran with 16 refits, the default before it
+    was 32. With every seed done, the same setting only grades (no model loaded)."""
     from clipattr_utils.challenge.__main__ import main
 
     out = tmp_path / "rows.csv"
@@ -290,7 +290,9 @@ def test_the_benchmark_refuses_to_mix_rows_of_another_setting(tmp_path, capsys):
                   "top_z": [3.0], "top_right": [False]}).to_csv(out, index=False)
     with pytest.raises(SystemExit, match=r"n_bootstrap \[16\], not 32: give another --out"):
         main(["--seeds", "0", "--out", str(out), "--n-bootstrap", "32"])
-    assert main(["--seeds", "0", "--out", str(out)]) == 0
+    with pytest.raises(SystemExit, match=r"n_bootstrap \[16\], not 32"):
+        main(["--seeds", "0", "--out", str(out)])   # the default is 32 now
+    assert main(["--seeds", "0", "--out", str(out), "--n-bootstrap", "16"]) == 0
     assert "1 challenges" in capsys.readouterr().out
 
 

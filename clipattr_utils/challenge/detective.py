@@ -75,10 +75,11 @@ class DetectiveConfig:
     top_m: int = 3
     """Labels per flagged latent (its own best ``top_m``, and its distractors' best ``top_m``)
     whose edits are tried."""
-    n_bootstrap: int = 16
-    """Bootstrap refits of the reference probe that measure how much probes disagree anyway
-    (16: a standard deviation from 6 refits is off by a third often enough that controls
-    reached z 10 on development seeds)."""
+    n_bootstrap: int = 32
+    """Bootstrap refits of the reference probe that measure how much probes disagree anyway.
+    A standard deviation from 6 refits is off by a third often enough that controls reached
+    z 10 on development seeds; with 16, the controls' largest ``z_specific`` (6.22) touched the
+    weakest right suspect's (6.02); 32 opened a gap on development seeds 0-39 (see ``min_z``)."""
     n_refine: int = 3
     """The best-scored suspects whose carrier latent is chosen by taking the value away
     (`ablation_shares`): the candidate whose top test images lose their activation most
