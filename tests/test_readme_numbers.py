@@ -71,13 +71,14 @@ HEADLINES = [
      ("| word sign (8 / 8) | 0.16 / 0.17 | 0.56 / 0.65, **3.6× / 3.9×**",
       "| flame (4 / 3) | 0.028 / 0.028 | 0.33 / 0.43, **11.9× / 15.0×**")),
     # hidden-shortcut challenge (issue 22): held-out and development tables
-    ("found 25 of 30 planted (83 %", RESULTS, "| **all planted** | 30 | **25** (83 %) | 5 |"),
-    ("class and value right in 29", RESULTS, "Class and value** of the top suspect are right in 29 of 30"),
-    ("controls passed 10 of 10", RESULTS, "| **controls** | 10 | **10** (100 %) | 0 |"),
-    ("development seeds 0–39: 34 of 35, 5 of 5", RESULTS,
-     ("| **all planted** | 35 | **34** (97 %) | 1 |", "| **controls** | 5 | **5** (100 %) | 0 |",
-      "development seeds 0–39 with the 24,000-image SAE")),
-    ("held-out seeds 3000–3039", RESULTS, "Held-out seeds 3000–3039 (never used during development"),
+    ("found 30 of 31 planted (97 %", RESULTS, "| **all planted** | 31 | **30** (97 %) | 1 |"),
+    ("class and value right in 31", RESULTS, "Class and value** of the top suspect are right in all 31"),
+    ("controls passed 9 of 9", RESULTS, "| **controls** | 9 | **9** (100 %) | 0 |"),
+    ("development seeds 0–39: 35 of 35, 5 of 5", RESULTS,
+     ("| **all planted** | 35 | **35** (100 %) | 0 |", "| **controls** | 5 | **5** (100 %) | 0 |",
+      "Fourth round: 32 bootstrap refits", "Over the 15 controls (0–39 and 3000–3039")),
+    ("held-out seeds 5000–5039", RESULTS, "Held-out seeds 5000–5039 (never used before"),
+    ("a word latent 0.70 pure", RESULTS, "carry the word 0.70 of the time"),
 ]
 
 # Numbers that moved from README to a docs/ page: (page, snippet of the page, source, source snippet)
