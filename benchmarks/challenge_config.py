@@ -19,6 +19,7 @@ import torch
 
 from clipattr_utils import extract, load_clip
 from clipattr_utils.challenge import detective_sae, investigate, make, score
+from clipattr_utils.challenge.__main__ import parse_seeds
 from clipattr_utils.challenge.detective import DetectiveConfig
 from clipattr_utils.storage import write_text_atomic
 
@@ -31,7 +32,7 @@ VARIANTS = {"third_round": DetectiveConfig(n_bootstrap=16, n_edit=360),
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", required=True, help="comma-separated challenge seeds")
+    p.add_argument("--seeds", required=True, help="challenge seeds, e.g. 6,10,13 or 0-39")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--cache-dir", default="runs/ch/cache")
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     labeler = load_clip("sandbox-labeler", role="labeler")
     sae = detective_sae(clip, a.cache_dir)
     rows = []
-    for seed in [int(s) for s in a.seeds.split(",")]:
+    for seed in parse_seeds(a.seeds):
         c = make(seed, clip=clip, cache_dir=a.cache_dir)
         x = extract(clip, c.test, a.cache_dir, progress=False).read()
         for name in a.variants:

@@ -294,6 +294,13 @@ def test_the_benchmark_refuses_to_mix_rows_of_another_setting(tmp_path, capsys):
         main(["--seeds", "0", "--out", str(out)])   # the default is 32 now
     assert main(["--seeds", "0", "--out", str(out), "--n-bootstrap", "16"]) == 0
     assert "1 challenges" in capsys.readouterr().out
+    # begun without the column, extended with it: the empty cells are the old 16 refits too
+    pd.DataFrame({"seed": [0, 1], "control": [True, True], "kind": [None, None], "correct": [True, True],
+                  "seconds": [1.0, 1.0], "top_z": [3.0, 3.0], "top_right": [False, False],
+                  "n_bootstrap": [None, 16]}).to_csv(out, index=False)
+    with pytest.raises(SystemExit, match=r"n_bootstrap \[16\], not 32"):
+        main(["--seeds", "0-1", "--out", str(out)])
+    assert main(["--seeds", "0-1", "--out", str(out), "--n-bootstrap", "16"]) == 0
 
 
 def test_the_ablation_share_estimates_how_pure_a_latent_is(world):

@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     done = pd.read_csv(out) if out.is_file() else pd.DataFrame()
     rows = [r for r in done.to_dict("records")] if len(done) else []
     # rows of another setting would make one table of two detectives: refuse, do not mix
-    ran_with = {int(r.get("n_bootstrap", ROWS_WITHOUT_SETTING_RAN_WITH)) for r in rows}
+    # (a file begun before the column existed and extended after has it empty on its first rows)
+    ran_with = {ROWS_WITHOUT_SETTING_RAN_WITH if pd.isna(r.get("n_bootstrap")) else int(r["n_bootstrap"]) for r in rows}
     if ran_with - {config.n_bootstrap}:
         raise SystemExit(f"{out} holds rows run with n_bootstrap {sorted(ran_with)}, not {config.n_bootstrap}: "
                          "give another --out")

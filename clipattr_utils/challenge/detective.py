@@ -69,7 +69,7 @@ class DetectiveConfig:
     other classes' images stands this many bootstrap standard deviations above what probes
     without a shortcut show (refits of the reference on unconfounded images), beyond the
     median of that z over the other classes (``z_specific``). 6.5, chosen with 32 refits on
-    development rows before the last held-out run: the 15 controls' largest ``z_specific`` (seeds
+    development rows before held-out seeds 5000-5039 were read: the 15 controls' largest ``z_specific`` (seeds
     0-39 and the earlier held-out round 3000-3039, now development) was 6.00, mean 4.7; the 37
     right top suspects' smallest 6.11, then 6.67 and 7.41. 6.5 keeps half a unit above every
     control and finds 36 of those 37 (7.0 with 16 refits, 10.5 with 6)."""
